@@ -1,0 +1,1 @@
+"""The aiohttp web app: WeChat webhook, conversation engine, chat simulator."""

@@ -1,0 +1,1 @@
+"""The domain: geo, candidate search and ranking, offer waves, shift rules, audiences."""

@@ -1,0 +1,1 @@
+"""Background work on RQ: outbound WeChat messages, reminders, offer waves, broadcasts."""

@@ -1,0 +1,40 @@
+"""The one exceptions module for RedGrid's own errors."""
+
+from __future__ import annotations
+
+
+class RedGridError(Exception):
+    """Base of every error RedGrid raises on purpose."""
+
+
+class ConfigError(RedGridError):
+    """A setting is missing or malformed; the message names the variable."""
+
+
+class NotAllowed(RedGridError):
+    """The person's roles do not allow this action."""
+
+
+class NotFound(RedGridError):
+    """The record asked for does not exist (or is outside the person's scope)."""
+
+
+class Conflict(RedGridError):
+    """The action clashes with the current state (full task, overlapping shift, ...)."""
+
+
+class BadSignature(RedGridError):
+    """A WeChat request whose signature, app id or timestamp does not hold."""
+
+
+class BadMessage(RedGridError):
+    """A WeChat request body that is not acceptable XML."""
+
+
+class WeChatAPIError(RedGridError):
+    """The WeChat API answered with a non-zero errcode."""
+
+    def __init__(self, errcode: int, errmsg: str = "") -> None:
+        super().__init__(f"WeChat errcode {errcode}: {errmsg}")
+        self.errcode = errcode
+        self.errmsg = errmsg

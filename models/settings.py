@@ -1,0 +1,149 @@
+"""The one Settings class: every knob RedGrid has, read from the environment.
+
+Nothing here is a module-level instance: entry points call ``load_settings()`` once and pass
+the object down (app factory, worker, CLI), so tests can build their own.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from models.exceptions import ConfigError
+
+
+class DispatchPolicy(BaseModel):
+    """Dispatcher weights and radii (env: ``DISPATCH__<FIELD>``)."""
+
+    fanout: float = 2.0  # wave size = open slots x fanout
+    ttl_routine_s: int = 30 * 60
+    ttl_urgent_s: int = 5 * 60
+    ttl_emergency_s: int = 60
+    # search radius per urgency, then how much each later wave widens it
+    radius_routine_m: float = 5_000.0
+    radius_urgent_m: float = 8_000.0
+    radius_emergency_town_m: float = 500.0
+    radius_emergency_village_m: float = 1_000.0
+    wave_widen_factor: float = 2.0
+    max_radius_m: float = 30_000.0
+    max_waves: int = 5
+    emergency_min_people: int = 3
+    emergency_max_people: int = 5
+    weekly_cap_hours: float = 12.0
+    # ranking: distance dominates; these shift the order within a band of "similar" distances
+    distance_band_m: float = 300.0
+    w_fairness: float = 1.0
+    w_reliability: float = 0.6
+    w_continuity: float = 0.8
+    fairness_window_days: int = 30
+    # shifts
+    cancel_cutoff_s: int = 2 * 3600
+    understaffed_alert_s: int = 48 * 3600
+    recurrence_horizon_days: int = 14
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_nested_delimiter="__",
+        extra="ignore",
+        case_sensitive=False,
+    )
+
+    database_url: str | None = None
+    redis_url: str | None = None
+    port: int = Field(default=8080, ge=1, le=65535)
+    host: str = "0.0.0.0"
+    var_dir: Path = Path("var")
+
+    wechat_token: SecretStr = SecretStr("redgrid-dev-token")
+    wechat_app_id: str = "wx0000000000redgrid"
+    wechat_app_secret: SecretStr = SecretStr("redgrid-dev-secret")
+    wechat_aes_key: SecretStr | None = None
+    wechat_api_base: str = "https://api.weixin.qq.com"
+    wechat_timeout_s: float = 5.0
+    template_shift_reminder: str | None = None
+    template_task_offer: str | None = None
+    template_broadcast: str | None = None
+    template_digest: str | None = None
+
+    tz: str = "Asia/Shanghai"
+    replay_window_s: int = 300
+    max_body_bytes: int = 64 * 1024
+    dialog_ttl_s: int = 30 * 60
+    dedupe_ttl_s: int = 600
+    public_base_url: str = "http://localhost:8080"
+
+    broadcast_rate_per_s: float = 50.0
+    broadcast_batch: int = 200
+    broadcast_weekly_cap: int = 3
+
+    dispatch: DispatchPolicy = DispatchPolicy()
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_db_url(cls, v: str | None) -> str | None:
+        if v is None or v == "":
+            return None
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            url = make_url(v)
+        except ArgumentError:
+            raise ValueError("not a database URL (e.g. postgresql+psycopg://user@host/db)") from None
+        if url.get_backend_name() not in ("sqlite", "postgresql"):
+            raise ValueError("only sqlite:// and postgresql:// URLs are supported")
+        return v
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, v: str | None) -> str | None:
+        if v is None or v == "":
+            return None
+        if not v.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return v
+
+    @field_validator("wechat_aes_key")
+    @classmethod
+    def _check_aes(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is None or v.get_secret_value() == "":
+            return None
+        if len(v.get_secret_value()) != 43:
+            raise ValueError("must be the 43-character EncodingAESKey from the WeChat console")
+        return v
+
+    @field_validator("tz")
+    @classmethod
+    def _check_tz(cls, v: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError("unknown time zone") from None
+        return v
+
+    @property
+    def effective_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.var_dir / 'redgrid.db').resolve()}"
+
+    @property
+    def embedded_redis_socket(self) -> Path:
+        return (self.var_dir / "redis.sock").resolve()
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read settings from the environment; a bad value raises ConfigError naming the variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = [str(p) for p in err.get("loc", ())]
+        var = "__".join(loc).upper() or "?"
+        msg = err.get("msg", "invalid").removeprefix("Value error, ")
+        raise ConfigError(f"invalid setting {var}: {msg}") from None

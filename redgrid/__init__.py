@@ -1,0 +1,1 @@
+"""Application assembly: the ``redgrid`` command, the demo data, imports and exports."""
