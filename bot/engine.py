@@ -1,0 +1,504 @@
+"""The conversation engine: one inbound message in, one reply out (channel-agnostic).
+
+Matching is pure (bot/commands.py); handling is here. Each message is one database
+transaction; what it leaves for the background (messages, reminders, waves, campaigns) is
+collected as Effects and handed to RQ only after the commit.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+import redis
+from aiohttp import web
+from sqlalchemy.orm import sessionmaker
+from sqlmodel import Session, col, select
+
+from bot import copy, dialogs
+from bot.commands import CLICK_KEYS, Cmd, Parsed, Ref, mask_name, mask_phone, parse
+from bot.dialogs import Turn
+from bot.inbound import Inbound
+from bot.state import Dialog, DialogStore, Listing
+from bot.views import clip, fit, hours_label, when_label
+from dispatcher import aed as aed_rank
+from dispatcher.effects import Effects
+from dispatcher.geo import format_distance, tencent_map_link
+from models.db import transaction, utcnow
+from models.outbox import queue_message
+from models.settings import Settings
+from models.tables import AED, AEDStatus, Person, PersonStatus
+
+log = logging.getLogger(__name__)
+
+PAGE = 5  # shifts per page: five lines with distances fit well inside one reply
+VOLUNTEER_CMDS = {Cmd.shifts, Cmd.more, Cmd.signup, Cmd.cancel, Cmd.accept, Cmd.decline,
+                  Cmd.checkin, Cmd.checkout, Cmd.mine}  # fmt: skip
+CMD_WORD = {Cmd.broadcast: "广播", Cmd.status: "状态", Cmd.report: "上报"}
+
+
+class Conversation:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        sessions: sessionmaker[Session],
+        redis_client: redis.Redis,
+        clock: object = utcnow,
+    ) -> None:
+        self.settings = settings
+        self.sessions = sessions
+        self.redis = redis_client
+        self.tz = ZoneInfo(settings.tz)
+        self.store = DialogStore(redis_client, ttl_s=settings.dialog_ttl_s)
+        self.clock = clock
+
+    # --- the Handler protocol ---------------------------------------------------------------
+
+    def handle(self, inbound: Inbound) -> str | None:
+        fx = Effects()
+        now = self.clock()  # type: ignore[operator]
+        with transaction(self.sessions) as session:
+            person = self._person(session, inbound, now, fx)
+            turn = Turn(inbound, session, person, fx, now, self.tz, self.store, self.settings)
+            reply = self._route(turn)
+        self._apply(fx, urgent=inbound.text.strip().lower() in ("急救", "sos"))
+        return clip(reply) if reply else None
+
+    def deliver_late(self, user: str, text: str) -> None:
+        """A reply that missed WeChat's 5-second window goes as a customer-service message."""
+        fx = Effects()
+        with transaction(self.sessions) as session:
+            person = session.exec(select(Person).where(Person.openid == user)).first()
+            if person is None or person.id is None:
+                return
+            row = queue_message(
+                session, person_id=person.id, purpose="late_reply", target=uuid.uuid4().hex[:12], text=text
+            )
+            if row is not None and row.id is not None:
+                fx.deliveries.append(row.id)
+        self._apply(fx)
+
+    # --- plumbing ---------------------------------------------------------------------------
+
+    def _apply(self, fx: Effects, *, urgent: bool = False) -> None:
+        if not fx:
+            return
+        from jobs.effects import apply
+
+        try:
+            apply(self.redis, fx, urgent=urgent)
+        except redis.RedisError:
+            # committed work is not lost: the reconciler re-creates missing jobs from the DB
+            log.warning("could not enqueue effects now; the reconciler will pick them up")
+
+    def _person(self, session: Session, inbound: Inbound, now: datetime, fx: Effects) -> Person:
+        person = session.exec(select(Person).where(Person.openid == inbound.user)).first()
+        if person is None:
+            person = Person(openid=inbound.user, status=PersonStatus.pending, subscribed=True)
+        if not (inbound.kind == "event" and inbound.event == "unsubscribe"):
+            person.last_interaction_at = now
+            person.subscribed = True
+        session.add(person)
+        session.flush()
+        if person.id is not None and inbound.event != "unsubscribe":
+            from jobs.outbound import release_deferred
+
+            fx.deliveries += release_deferred(session, person_id=person.id, now=now)
+        return person
+
+    # --- routing ----------------------------------------------------------------------------
+
+    def _route(self, turn: Turn) -> str | None:
+        ib = turn.inbound
+        user = ib.user
+        if ib.kind == "event":
+            return self._event(turn)
+        dialog = self.store.load(user)
+        if ib.kind == "location":
+            if dialog and (dialog.name, dialog.step) in dialogs.LOCATION_STEPS:
+                return dialogs.STEPS[dialog.name](turn, dialog)
+            return self._location(turn)
+        if ib.kind != "text":
+            return copy.MEDIA.format(what=copy.MEDIA_WHAT.get(ib.kind, "消息"))
+        parsed = parse(ib.text)
+        if dialog is not None and dialog.name not in dialogs.STEPS:
+            # a dialog that only waits for a location (SOS, check-in) ends with any text
+            self.store.clear(user)
+            dialog = None
+        if dialog is not None:
+            return self._in_dialog(turn, dialog, parsed)
+        expired = self.store.expired(user)
+        if parsed is None:
+            if expired:
+                name = copy.DIALOG_NAMES.get(expired, expired)
+                return copy.DIALOG_EXPIRED.format(name=name)
+            return copy.UNKNOWN
+        return self._command(turn, parsed)
+
+    def _in_dialog(self, turn: Turn, dialog: Dialog, parsed: Parsed | None) -> str:
+        name = copy.DIALOG_NAMES.get(dialog.name, dialog.name)
+        prompt = dialogs.PROMPTS[dialog.name](turn, dialog)
+        confirm_step = dialog.name == "broadcast" and dialog.step == "confirm"
+        if parsed is not None and not confirm_step:
+            if parsed.cmd == Cmd.quit:
+                self.store.clear(turn.inbound.user)
+                return copy.QUIT_DONE.format(name=name)
+            if parsed.cmd == Cmd.help:
+                return f"{self._help(turn.person)}\n\n" + copy.DIALOG_RESUME.format(name=name, prompt=prompt)
+            if parsed.cmd.value == dialog.name or parsed.ref is not None or parsed.cmd in VOLUNTEER_CMDS | {
+                Cmd.broadcast, Cmd.status, Cmd.report, Cmd.register, Cmd.aed, Cmd.sos
+            }:
+                if parsed.cmd == Cmd.sos:
+                    self.store.clear(turn.inbound.user)
+                    return self._command(turn, parsed) or copy.UNKNOWN
+                return copy.DIALOG_RESUME.format(name=name, prompt=prompt)
+        return dialogs.STEPS[dialog.name](turn, dialog)
+
+    def _event(self, turn: Turn) -> str | None:
+        ib, person = turn.inbound, turn.person
+        match ib.event:
+            case "subscribe":
+                if person.is_volunteer and person.name:
+                    return copy.WELCOME_BACK.format(name=person.name)
+                return copy.WELCOME
+            case "unsubscribe":
+                person.subscribed = False
+                turn.session.add(person)
+                from dispatcher import services
+
+                services.withdraw_offers(turn.session, turn.fx, person_id=person.id, now=turn.now)
+                self.store.clear(ib.user)
+                return None
+            case "click":
+                cmd = CLICK_KEYS.get(ib.event_key)
+                return self._command(turn, Parsed(cmd)) if cmd else copy.UNKNOWN
+            case "location":
+                # WeChat's periodic position report: kept only where the person agreed
+                if person.share_live_location and ib.lat is not None and ib.lng is not None:
+                    person.live_lat, person.live_lng, person.live_at = ib.lat, ib.lng, turn.now
+                    turn.session.add(person)
+                return None
+            case _:
+                return None
+
+    # --- commands ---------------------------------------------------------------------------
+
+    def _command(self, turn: Turn, parsed: Parsed) -> str | None:
+        person, cmd = turn.person, parsed.cmd
+        if cmd in VOLUNTEER_CMDS:
+            if not person.is_volunteer:
+                return copy.NOT_ALLOWED["volunteer"]
+            if person.status != PersonStatus.active:
+                label = copy.STATUS_LABEL.get(person.status.value, person.status.value)
+                return copy.NOT_ALLOWED["volunteer_inactive"].format(status=label)
+        if cmd == Cmd.report and not person.is_grid_worker:
+            return copy.NOT_ALLOWED["grid_worker"]
+        if cmd in (Cmd.broadcast, Cmd.status) and dialogs.coordinator_scope(turn.session, person) is None:
+            return copy.NOT_ALLOWED["coordinator"].format(cmd=CMD_WORD[cmd])
+        match cmd:
+            case Cmd.help:
+                return self._help(person)
+            case Cmd.quit:
+                return copy.QUIT_NOTHING
+            case Cmd.register:
+                d = Dialog("register", "name")
+                turn.save(d)
+                return copy.REG_ASK_NAME
+            case Cmd.report:
+                return dialogs.rep_start(turn) or copy.NOT_ALLOWED["grid_worker"]
+            case Cmd.broadcast:
+                scope = dialogs.coordinator_scope(turn.session, person)
+                assert scope is not None
+                return dialogs.bc_start(turn, scope)
+            case Cmd.status:
+                return self._status(turn)
+            case Cmd.shifts:
+                return self._shifts(turn, page=0)
+            case Cmd.more:
+                listing = self.store.load_listing(turn.inbound.user)
+                if listing is None or listing.kind != "shifts":
+                    return self._shifts(turn, page=0)
+                return self._shifts(turn, page=listing.page + 1)
+            case Cmd.signup | Cmd.cancel:
+                return self._signup_or_cancel(turn, parsed)
+            case Cmd.accept | Cmd.decline:
+                return self._answer_offer(turn, parsed)
+            case Cmd.checkin:
+                return self._checkin(turn)
+            case Cmd.checkout:
+                return self._checkout(turn)
+            case Cmd.mine:
+                return self._mine(turn)
+            case Cmd.aed:
+                return copy.AED_ASK_LOCATION
+            case Cmd.sos:
+                return self._sos(turn)
+        return copy.UNKNOWN
+
+    def _help(self, person: Person) -> str:
+        lines = list(copy.HELP_LINES["all"])
+        if person.is_volunteer:
+            lines += copy.HELP_LINES["volunteer"]
+        if person.is_grid_worker:
+            lines += copy.HELP_LINES["grid_worker"]
+        if person.is_coordinator:
+            lines += copy.HELP_LINES["coordinator"]
+        return "\n".join([copy.HELP_HEAD, *lines, copy.HELP_TAIL])
+
+    def _task_ref(self, turn: Turn, ref: Ref, kinds: tuple[str, ...]) -> int | None:
+        """A list position from the last list shown, else (or with a T) a task id."""
+        listing = self.store.load_listing(turn.inbound.user)
+        if not ref.is_task_id and listing is not None and listing.kind in kinds:
+            if 1 <= ref.number <= len(listing.task_ids):
+                return listing.task_ids[ref.number - 1]
+            return None
+        return ref.number
+
+    def _signup_or_cancel(self, turn: Turn, parsed: Parsed) -> str:
+        from dispatcher import services
+
+        word = "报名" if parsed.cmd == Cmd.signup else "取消"
+        list_cmd = "班次" if parsed.cmd == Cmd.signup else "我的"
+        if parsed.ref is None:
+            return copy.PICK_NUMBER.format(cmd=word, list_cmd=list_cmd)
+        kinds = ("shifts",) if parsed.cmd == Cmd.signup else ("mine", "shifts")
+        task_id = self._task_ref(turn, parsed.ref, kinds)
+        if task_id is None:
+            return copy.BAD_NUMBER.format(n=parsed.ref.number, list_cmd=list_cmd)
+        pid = turn.person.id
+        if parsed.cmd == Cmd.signup:
+            out = services.sign_up(turn.session, turn.fx, person_id=pid, task_id=task_id, now=turn.now)
+            task = out.task
+            if task is None:
+                return copy.BAD_NUMBER.format(n=parsed.ref.number, list_cmd=list_cmd)
+            when = when_label(task.starts_at, task.ends_at, turn.now, self.tz)
+            match out.status:
+                case "accepted":
+                    return copy.SIGNUP_OK.format(title=task.title, place=task.place, when=when)
+                case "waitlisted":
+                    return copy.SIGNUP_WAIT.format(pos=out.waitlist_pos)
+                case "already":
+                    return copy.SIGNUP_ALREADY.format(title=task.title, when=when)
+                case "overlap":
+                    clash = out.clash
+                    assert clash is not None
+                    other_when = when_label(clash.starts_at, clash.ends_at, turn.now, self.tz)
+                    return copy.SIGNUP_OVERLAP.format(other=clash.title, when=other_when)
+                case "not_eligible":
+                    skills = "、".join(copy.SKILL_LABEL.get(s, s) for s in out.missing_skills) or "相应资质"
+                    return copy.SIGNUP_SKILLS.format(skills=skills)
+                case _:
+                    return copy.SIGNUP_CLOSED
+        out_c = services.cancel(turn.session, turn.fx, person_id=pid, task_id=task_id, now=turn.now)
+        match out_c.status:
+            case "cancelled":
+                task = out_c.task
+                assert task is not None
+                when = when_label(task.starts_at, task.ends_at, turn.now, self.tz)
+                return copy.CANCEL_OK.format(title=task.title, when=when)
+            case "too_late":
+                hours = hours_label(self.settings.dispatch.cancel_cutoff_s / 3600)
+                return copy.CANCEL_LATE.format(hours=hours)
+            case _:
+                return copy.CANCEL_NONE
+
+    def _answer_offer(self, turn: Turn, parsed: Parsed) -> str:
+        from dispatcher import services
+
+        word = "接受" if parsed.cmd == Cmd.accept else "拒绝"
+        if parsed.ref is None:
+            return copy.PICK_NUMBER.format(cmd=word, list_cmd="我的")
+        task_id, pid = parsed.ref.number, turn.person.id
+        if parsed.cmd == Cmd.decline:
+            out = services.decline_offer(turn.session, turn.fx, person_id=pid, task_id=task_id, now=turn.now)
+            if out.status in ("declined", "ok", "already"):
+                return copy.DECLINE_OK.format(id=task_id)
+            if out.status == "expired":
+                return copy.ACCEPT_EXPIRED
+            return copy.ACCEPT_NONE.format(id=task_id)
+        out = services.accept_offer(turn.session, turn.fx, person_id=pid, task_id=task_id, now=turn.now)
+        match out.status:
+            case "accepted":
+                task = out.task
+                assert task is not None
+                when = when_label(task.starts_at, task.ends_at, turn.now, self.tz)
+                text = copy.ACCEPT_OK.format(title=task.title, when=when, place=task.place or "见任务说明")
+                if out.contact is not None:
+                    role = "网格员" if out.contact.is_grid_worker else "联系人"
+                    text += copy.ACCEPT_CONTACT.format(
+                        role=role, name=mask_name(out.contact.name), phone=mask_phone(out.contact.phone)
+                    )
+                return text + "\n" + copy.ACCEPT_TAIL
+            case "full":
+                return copy.ACCEPT_FULL
+            case "expired":
+                return copy.ACCEPT_EXPIRED
+            case "already":
+                return copy.ACCEPT_ALREADY
+            case _:
+                return copy.ACCEPT_NONE.format(id=task_id)
+
+    def _checkin(self, turn: Turn) -> str:
+        from dispatcher import services
+
+        out = services.check_in(turn.session, turn.fx, person_id=turn.person.id, now=turn.now)
+        task = out.task
+        if out.status in ("checked_in", "already") and task is not None:
+            turn.save(Dialog("checkin_location", "location", {"task_id": task.id}))
+            tmpl = copy.CHECKIN_OK if out.status == "checked_in" else copy.CHECKIN_ALREADY
+            return tmpl.format(title=task.title, when=when_label(task.starts_at, task.ends_at, turn.now, self.tz))
+        return copy.CHECKIN_NONE
+
+    def _checkout(self, turn: Turn) -> str:
+        from dispatcher import services
+
+        out = services.check_out(turn.session, turn.fx, person_id=turn.person.id, now=turn.now)
+        if out.status != "checked_out":
+            return copy.CHECKOUT_NONE
+        return copy.CHECKOUT_OK.format(hours=hours_label(out.hours), year=hours_label(out.hours_year))
+
+    def _shifts(self, turn: Turn, *, page: int) -> str:
+        from dispatcher import services
+
+        views = services.open_shifts(turn.session, person=turn.person, now=turn.now, days=7)
+        if not views:
+            return copy.SHIFTS_NONE
+        start = page * PAGE
+        if start >= len(views):
+            return copy.SHIFTS_END
+        chunk = views[start : start + PAGE]
+        lines = []
+        for i, v in enumerate(chunk, start + 1):
+            t = v.task
+            state = (
+                copy.SHIFT_MINE if v.my_status in ("accepted", "checked_in")
+                else copy.SHIFT_NEED.format(n=v.open_slots) if v.open_slots > 0
+                else copy.SHIFT_FULL
+            )  # fmt: skip
+            dist = f" · {format_distance(v.distance_m)}" if v.distance_m is not None else ""
+            where = t.place or ""
+            lines.append(
+                f"{i} {t.title} · {where} · {when_label(t.starts_at, t.ends_at, turn.now, self.tz)} · {state}{dist}"
+            )
+        tail = copy.SHIFTS_TAIL + (copy.SHIFTS_MORE if start + PAGE < len(views) else "")
+        text, _n = fit(copy.SHIFTS_HEAD, lines, tail)
+        self.store.save_listing(
+            turn.inbound.user, Listing("shifts", [v.task.id for v in views[: start + PAGE]], page)
+        )
+        return text
+
+    def _mine(self, turn: Turn) -> str:
+        from dispatcher import services
+
+        s = services.my_summary(turn.session, person_id=turn.person.id, now=turn.now)
+        lines: list[str] = []
+        ids: list[int] = []
+        for i, (a, t) in enumerate(s.upcoming, 1):
+            label = copy.ASSIGNMENT_LABEL.get(a.status.value, a.status.value).format(pos=a.waitlist_pos)
+            lines.append(f"{i} {t.title} · {when_label(t.starts_at, t.ends_at, turn.now, self.tz)} · {label}")
+            ids.append(t.id)
+        offer_lines = [
+            f"T{t.id} {t.title} · {when_label(t.starts_at, t.ends_at, turn.now, self.tz)}（回复「接受 {t.id}」）"
+            for _a, t in s.offers
+        ]
+        if not lines and not offer_lines:
+            return copy.MINE_NONE + "\n" + copy.MINE_HOURS.format(hours=hours_label(s.hours_year))
+        body = []
+        if lines:
+            body += [copy.MINE_HEAD, *lines]
+        if offer_lines:
+            body += [copy.MINE_OFFERS, *offer_lines]
+        tail = copy.MINE_HOURS.format(hours=hours_label(s.hours_year)) + ("\n" + copy.MINE_TAIL if lines else "")
+        self.store.save_listing(turn.inbound.user, Listing("mine", ids))
+        text, _ = fit("", body, tail)
+        return text
+
+    def _location(self, turn: Turn) -> str:
+        ib = turn.inbound
+        assert ib.lat is not None and ib.lng is not None
+        dialog = self.store.load(ib.user)
+        if dialog is not None and dialog.name == "sos":
+            self.store.clear(ib.user)
+            return copy.SOS_CALL_FIRST + "\n" + self._nearest_aeds(turn, ib.lat, ib.lng)
+        if dialog is not None and dialog.name == "checkin_location":
+            from dispatcher import services
+
+            self.store.clear(ib.user)
+            out = services.check_in(
+                turn.session, turn.fx, person_id=turn.person.id, now=turn.now, lat=ib.lat, lng=ib.lng
+            )
+            if out.status == "too_far" and out.distance_m is not None:
+                turn.save(dialog)
+                return copy.CHECKIN_FAR.format(distance=format_distance(out.distance_m))
+            if out.distance_m is not None:
+                return copy.CHECKIN_HERE.format(distance=format_distance(out.distance_m))
+        text = self._nearest_aeds(turn, ib.lat, ib.lng)
+        if turn.person.is_volunteer and turn.person.status == PersonStatus.active:
+            from dispatcher import services
+
+            views = services.open_shifts(turn.session, person=turn.person, now=turn.now, lat=ib.lat, lng=ib.lng)
+            lines = [
+                f"{i} {v.task.title} · {when_label(v.task.starts_at, v.task.ends_at, turn.now, self.tz)}"
+                + (f" · {format_distance(v.distance_m)}" if v.distance_m is not None else "")
+                for i, v in enumerate(views[:3], 1)
+            ]
+            if lines:
+                self.store.save_listing(ib.user, Listing("shifts", [v.task.id for v in views[:3]]))
+                extra, _ = fit(copy.NEARBY_SHIFTS, lines, copy.SHIFTS_TAIL, limit=2000 - len(text.encode()))
+                text += "\n\n" + extra
+        return text
+
+    def _nearest_aeds(self, turn: Turn, lat: float, lng: float) -> str:
+        d = 0.1  # ~10 km box; the city's 129 AEDs are few enough to rank in memory
+        rows = turn.session.exec(
+            select(AED).where(
+                AED.status == AEDStatus.in_service,
+                col(AED.lat).between(lat - d, lat + d),
+                col(AED.lng).between(lng - d, lng + d),
+            )
+        ).all()
+        points = [aed_rank.AEDPoint(a.id or 0, a.name, a.lat, a.lng, a.hours, True) for a in rows]
+        local = turn.now.astimezone(self.tz).time()
+        hits = aed_rank.nearest(points, lat, lng, local, k=3)
+        if not hits:
+            return copy.AED_NONE + "\n" + copy.AED_TAIL
+        lines = []
+        for i, h in enumerate(hits, 1):
+            hours = aed_rank.hours_label(h.aed.hours)
+            if not h.open_now and h.opens_at is not None:
+                hours = copy.AED_CLOSED.format(opens=h.opens_at.strftime("%H:%M"))
+            lines.append(
+                copy.AED_LINE.format(
+                    i=i,
+                    name=h.aed.name,
+                    distance=format_distance(h.distance_m),
+                    hours=hours,
+                    link=tencent_map_link(h.aed.lat, h.aed.lng, h.aed.name),
+                )
+            )
+        return "\n".join([copy.AED_HEAD, *lines, copy.AED_TAIL])
+
+    def _sos(self, turn: Turn) -> str:
+        turn.save(Dialog("sos", "location"))
+        return copy.SOS_START
+
+    def _status(self, turn: Turn) -> str:
+        from dispatcher import services
+
+        scope = dialogs.coordinator_scope(turn.session, turn.person)
+        assert scope is not None
+        view = services.coordinator_status(turn.session, scope_grid_id=scope.id, now=turn.now)
+        lines = view.lines(now=turn.now, tz=self.tz) if hasattr(view, "lines") else [str(view)]
+        text, _ = fit(copy.STATUS_HEAD.format(scope=scope.name), lines, "")
+        return text
+
+
+def build_handler(app: web.Application) -> Conversation:
+    from bot.app import REDIS, SESSIONS, SETTINGS
+
+    return Conversation(settings=app[SETTINGS], sessions=app[SESSIONS], redis_client=app[REDIS])
+
+
