@@ -173,6 +173,76 @@ def run(ctx: click.Context, no_seed: bool) -> None:
     sys.exit(manager.returncode or 0)
 
 
+# --- chat simulator ------------------------------------------------------------------------
+
+CHAT_OPENIDS = {"volunteer": "demo-volunteer", "grid-worker": "demo-gridworker", "coordinator": "demo-coordinator"}
+
+
+@cli.command()
+@click.option("--as", "role", type=click.Choice(sorted(CHAT_OPENIDS)), default="volunteer", show_default=True,
+              help="which demo person to speak as")
+@click.option("--openid", default=None, help="speak as this openid instead")
+@click.option("--url", default=None, help="default: http://127.0.0.1:$PORT/wechat")
+@click.option("--no-subscribe", is_flag=True, help="do not send the subscribe event first")
+@click.option("--mode", type=click.Choice(["plain", "compatible", "safe"]), default=None,
+              help="default: safe when WECHAT_AES_KEY is set, else plain")
+@click.pass_context
+def chat(ctx: click.Context, role: str, openid: str | None, url: str | None, no_subscribe: bool,
+         mode: str | None) -> None:
+    """Talk to the webhook as a WeChat user would (lines starting with "/" are simulator commands)."""
+    from bot.simulator import CHAT_HELP, Simulator, run_chat
+
+    settings = _settings(ctx)
+    sim = Simulator.from_settings(
+        settings, url or f"http://127.0.0.1:{settings.port}/wechat", openid or CHAT_OPENIDS[role], mode=mode,
+    )
+    interactive = sys.stdin.isatty()
+
+    def lines() -> Any:
+        if not interactive:
+            yield from sys.stdin
+            return
+        click.echo(CHAT_HELP)
+        while True:
+            try:
+                yield input("▶ ")
+            except EOFError:
+                return
+
+    status = run_chat(sim, lines(), click.echo, err=lambda m: click.echo(m, err=True),
+                      subscribe=not no_subscribe, echo=not interactive)
+    sys.exit(status)
+
+
+@cli.group()
+def aed() -> None:
+    """The AED registry."""
+
+
+@aed.command("import")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--datum", type=click.Choice(["wgs84", "gcj02"]), required=True,
+              help="coordinate system of the file (Amap/Tencent exports are gcj02)")
+@click.pass_context
+def aed_import(ctx: click.Context, path: Path, datum: str) -> None:
+    """Import AEDs from CSV (name,address,lat,lng,hours,status,keeper,last_inspected) or GeoJSON."""
+    from models.db import make_engine, session_factory, transaction
+    from redgrid.aeds import import_file
+
+    engine = make_engine(_settings(ctx))
+    with transaction(session_factory(engine)) as session:
+        report = import_file(session, path, datum=datum)  # type: ignore[arg-type]
+        if not report.ok:
+            session.rollback()
+    engine.dispose()
+    for row, reason in report.errors:
+        click.echo(f"row {row}: {reason}", err=True)
+    if not report.ok:
+        click.echo(f"nothing imported: {len(report.errors)} bad rows", err=True)
+        sys.exit(1)
+    click.echo(f"imported: {report.created} new, {report.updated} updated")
+
+
 def main(argv: list[str] | None = None) -> Any:
     try:
         return cli.main(args=argv, prog_name="redgrid", standalone_mode=True)
