@@ -13,6 +13,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import sessionmaker
 
+from bot.handler import LATE_TASKS, HandlerFactory
 from models.db import make_engine, session_factory
 from models.redisconn import connect_redis
 from models.settings import Settings
@@ -85,12 +86,19 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-def create_app(settings: Settings) -> web.Application:
+def create_app(settings: Settings, *, handler_factory: HandlerFactory | None = None) -> web.Application:
+    """The web app; ``handler_factory`` builds the conversation handler (default: the engine's
+    ``bot.engine.build_handler``) once the database and Redis are up."""
+    from bot import webhook  # imported here: webhook imports this module's keys
+
     app = web.Application(client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
     app[METRICS] = Metrics()
+    app[LATE_TASKS] = set()
     app.cleanup_ctx.append(_database)
     app.cleanup_ctx.append(_redis)
+    app.cleanup_ctx.append(webhook.handler_ctx(handler_factory))
+    webhook.add_routes(app)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)

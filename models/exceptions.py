@@ -38,3 +38,12 @@ class WeChatAPIError(RedGridError):
         super().__init__(f"WeChat errcode {errcode}: {errmsg}")
         self.errcode = errcode
         self.errmsg = errmsg
+
+
+class WebhookRefused(RedGridError):
+    """The webhook answered a simulated WeChat request with an error status."""
+
+    def __init__(self, status: int, body: str = "") -> None:
+        super().__init__(f"webhook answered HTTP {status}: {body[:200]}")
+        self.status = status
+        self.body = body

@@ -73,6 +73,8 @@ class Settings(BaseSettings):
     max_body_bytes: int = 64 * 1024
     dialog_ttl_s: int = 30 * 60
     dedupe_ttl_s: int = 600
+    # a WeChat POST must be answered within 5 s; past this the engine's answer goes late
+    reply_budget_s: float = Field(default=4.5, gt=0, le=4.8)
     public_base_url: str = "http://localhost:8080"
 
     broadcast_rate_per_s: float = 50.0
@@ -113,6 +115,24 @@ class Settings(BaseSettings):
             return None
         if len(v.get_secret_value()) != 43:
             raise ValueError("must be the 43-character EncodingAESKey from the WeChat console")
+        return v
+
+    @field_validator("wechat_aes_key")
+    @classmethod
+    def _check_aes_base64(cls, v: SecretStr | None) -> SecretStr | None:
+        # the console's key is base64 of 32 bytes without its "=": catch a mistyped one at
+        # start-up, not on the first encrypted message
+        if v is None:
+            return None
+        import base64
+        import binascii
+
+        try:
+            key = base64.b64decode(v.get_secret_value() + "=", validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError("must be the base64 EncodingAESKey from the WeChat console") from None
+        if len(key) != 32:
+            raise ValueError("must decode to 32 bytes")
         return v
 
     @field_validator("tz")
