@@ -30,14 +30,19 @@ from bot.inbound import Inbound
 from bot.state import Dialog, DialogStore
 from dispatcher import places
 from dispatcher.effects import Effects
-from dispatcher.geo import cell
+from dispatcher.geo import cell, haversine_m
+from models.outbox import queue_message
 from models.tables import (
+    AED,
+    AEDStatus,
+    AuditEntry,
     Certificate,
     GridUnit,
     GridWorkerGrid,
     Level,
     Person,
     PersonStatus,
+    Report,
     TaskKind,
     Urgency,
 )
@@ -270,6 +275,8 @@ def rep_prompt(turn: Turn, d: Dialog) -> str:
             if len(grids) == 1:
                 return copy.REP_ASK_PLACE_ONE.format(grid=grids[0][1])
             return copy.REP_ASK_PLACE_MANY.format(options=_numbered([g[1] for g in grids]))
+        case "aed":
+            return copy.REP_ASK_AED.format(options=_numbered([a[1] for a in d.data["aeds"]]))
         case "urgency":
             return copy.REP_ASK_URGENCY
         case "headcount":
@@ -299,6 +306,17 @@ def rep_step(turn: Turn, d: Dialog) -> str:
             if not 2 <= len(text) <= 300:
                 return copy.REP_BAD_TEXT
             d.data["text"], d.step = text, "place"
+            if d.data["category"] == copy.AED_FAULT:
+                aeds = _aeds_near_grids(turn.session, [g[0] for g in d.data["grids"]])
+                if not aeds:
+                    turn.finish()
+                    return copy.REP_NO_AED
+                d.data["aeds"], d.step = aeds, "aed"
+        case "aed":
+            n = parse_number(text)
+            if n is None or not 1 <= n <= len(d.data["aeds"]):
+                return rep_prompt(turn, d)
+            return _report_faulty_aed(turn, d, d.data["aeds"][n - 1][0])
         case "place":
             grids = d.data["grids"]
             chosen: tuple[int, float | None, float | None] | None = None
@@ -359,6 +377,55 @@ def rep_step(turn: Turn, d: Dialog) -> str:
             return copy.REP_DONE.format(id=report.id)
     turn.save(d)
     return rep_prompt(turn, d)
+
+
+def _aeds_near_grids(session: Session, grid_ids: list[int], limit: int = 8) -> list[tuple[int, str]]:
+    """In-service AEDs nearest to the grids a grid worker serves (to pick the faulty one)."""
+    grids = session.exec(select(GridUnit).where(col(GridUnit.id).in_(grid_ids))).all()
+    if not grids:
+        return []
+    lat = sum(g.lat for g in grids) / len(grids)
+    lng = sum(g.lng for g in grids) / len(grids)
+    box = 0.03  # ~3 km around the grids
+    rows = session.exec(
+        select(AED).where(
+            AED.status == AEDStatus.in_service,
+            col(AED.lat).between(lat - box, lat + box),
+            col(AED.lng).between(lng - box, lng + box),
+        )
+    ).all()
+    rows = sorted(rows, key=lambda a: haversine_m(lat, lng, a.lat, a.lng))[:limit]
+    return [(a.id or 0, a.name) for a in rows]
+
+
+def _report_faulty_aed(turn: Turn, d: Dialog, aed_id: int) -> str:
+    """A faulty AED leaves every answer at once; its town's coordinators are told."""
+    aed = turn.session.get(AED, aed_id)
+    assert aed is not None
+    grid = places.grid_at(turn.session, lat=aed.lat, lng=aed.lng)
+    grid_id = aed.grid_id or (grid.id if grid else d.data["grids"][0][0])
+    aed.status = AEDStatus.faulty
+    turn.session.add(aed)
+    report = Report(
+        reporter_id=turn.person.id or 0, grid_id=grid_id, category=d.data["category"],
+        text=f"{aed.name}：{d.data['text']}", lat=aed.lat, lng=aed.lng,
+    )  # fmt: skip
+    turn.session.add(report)
+    turn.session.flush()
+    turn.session.add(
+        AuditEntry(actor_id=turn.person.id, action="aed.faulty", entity="aed", entity_id=aed.id,
+                   detail={"report_id": report.id, "text": d.data["text"]})
+    )
+    unit = turn.session.get(GridUnit, grid_id)
+    for coordinator in places.coordinators_for(turn.session, unit) if unit else []:
+        row = queue_message(
+            turn.session, person_id=coordinator.id or 0, purpose="aed_faulty", target=report.id or 0,
+            text=copy.AED_FAULT_NOTICE.format(id=report.id, name=aed.name, text=d.data["text"]),
+        )  # fmt: skip
+        if row is not None and row.id is not None:
+            turn.fx.deliveries.append(row.id)
+    turn.finish()
+    return copy.REP_AED_DONE.format(id=report.id, name=aed.name)
 
 
 # --- broadcast (coordinators) ---------------------------------------------------------------

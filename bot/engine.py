@@ -29,7 +29,7 @@ from dispatcher.geo import format_distance, tencent_map_link
 from models.db import transaction, utcnow
 from models.outbox import queue_message
 from models.settings import Settings
-from models.tables import AED, AEDStatus, Person, PersonStatus
+from models.tables import AED, AEDStatus, Campaign, Person, PersonStatus
 
 log = logging.getLogger(__name__)
 
@@ -491,7 +491,22 @@ class Conversation:
         scope = dialogs.coordinator_scope(turn.session, turn.person)
         assert scope is not None
         view = services.coordinator_status(turn.session, scope_grid_id=scope.id, now=turn.now)
-        lines = view.lines(now=turn.now, tz=self.tz) if hasattr(view, "lines") else [str(view)]
+        lines = self._status_lines(turn, view)
+        campaigns = turn.session.exec(
+            select(Campaign)
+            .where(Campaign.created_by_id == turn.person.id)
+            .order_by(col(Campaign.id).desc())
+            .limit(3)
+        ).all()
+        if campaigns:
+            lines.append(copy.STATUS_CAMPAIGNS)
+            lines += [
+                copy.STATUS_CAMPAIGN.format(
+                    id=c.id, sent=c.sent, targeted=c.targeted, deferred=c.deferred, failed=c.failed,
+                    state=copy.CAMPAIGN_STATE.get(c.status.value, c.status.value),
+                )
+                for c in campaigns
+            ]
         text, _ = fit(copy.STATUS_HEAD.format(scope=scope.name), lines, "")
         return text
 

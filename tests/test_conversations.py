@@ -12,9 +12,12 @@ from sqlmodel import select
 from bot.app import create_app
 from bot.simulator import Simulator
 from models import (
+    AED,
+    AEDStatus,
     AuditEntry,
     Campaign,
     Certificate,
+    Delivery,
     Person,
     PersonStatus,
     Report,
@@ -218,3 +221,26 @@ async def test_expired_dialog_is_explained(settings, server, world, redis_client
     await say(u, "注册")
     redis_client.delete("rg:dialog:slowpoke")  # what the TTL does after a quiet spell
     assert "已自动结束" in await say(u, "钱多多")
+
+
+async def test_faulty_aed_report_takes_it_out_of_answers(settings, server, world, sessions) -> None:  # type: ignore[no-untyped-def]
+    v = sim(settings, server, "demo-volunteer")
+    before = await v.send(v.location(GOV[0], GOV[1]))
+    assert before is not None and "东阳市人民政府一楼大厅" in before
+    g = sim(settings, server, "demo-gridworker")
+    await say(g, "上报")
+    await say(g, "4")  # AED故障
+    pick = await say(g, "屏幕不亮，按钮没反应")
+    assert "是哪台AED" in pick
+    n = next(line.split()[0] for line in pick.splitlines() if "东阳市人民政府一楼大厅" in line)
+    done = await say(g, n)
+    assert "已暂停推荐" in done
+    after = await v.send(v.location(GOV[0], GOV[1]))
+    assert after is not None and "东阳市人民政府一楼大厅" not in after
+    with sessions() as s:
+        aed = s.exec(select(AED).where(AED.name == "东阳市人民政府一楼大厅")).one()
+        assert aed.status == AEDStatus.faulty
+        assert s.exec(select(AuditEntry).where(AuditEntry.action == "aed.faulty")).one().actor_id == world.gridworker
+        # the town's coordinator (and the city's) are told
+        told = {d.person_id for d in s.exec(select(Delivery).where(Delivery.purpose == "aed_faulty"))}
+        assert told == {world.coordinator, world.town_coordinator}
