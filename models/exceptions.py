@@ -40,6 +40,11 @@ class WeChatAPIError(RedGridError):
         self.errmsg = errmsg
 
 
+class WeChatUnavailable(RedGridError):
+    """The WeChat API could not be reached or answered with an HTTP error (5xx, timeout):
+    nothing is known to have been sent, so the call may be retried."""
+
+
 class WebhookRefused(RedGridError):
     """The webhook answered a simulated WeChat request with an error status."""
 

@@ -94,6 +94,15 @@ class Settings(BaseSettings):
         try:
             url = make_url(v)
         except ArgumentError:
+    # outbound sending (jobs/outbound.py)
+    outbound_max_attempts: int = Field(default=5, ge=1)
+    outbound_backoff_s: list[int] = [10, 60, 300, 900]  # delay before attempt 2, 3, ...
+    outbound_claim_lease_s: int = 120  # a "sending" claim older than this is in doubt
+    # reminders (jobs/reminders.py): before the start, and after the end (check out)
+    reminder_before_s: list[int] = [24 * 3600, 2 * 3600]
+    reminder_checkin: bool = True  # one at the start: "please check in"
+    reminder_checkout_after_s: int = 15 * 60
+
             raise ValueError("not a database URL (e.g. postgresql+psycopg://user@host/db)") from None
         if url.get_backend_name() not in ("sqlite", "postgresql"):
             raise ValueError("only sqlite:// and postgresql:// URLs are supported")

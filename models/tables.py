@@ -112,6 +112,7 @@ class CampaignStatus(StrEnum):
 
 class DeliveryStatus(StrEnum):
     pending = "pending"
+    sending = "sending"  # claimed by one worker; the WeChat call is in flight
     sent = "sent"
     deferred = "deferred"  # waits for the person's next interaction (48-hour rule)
     failed = "failed"
@@ -283,6 +284,7 @@ class Delivery(SQLModel, table=True):
     """Every outbound message; the unique dedupe key makes "sent once" a database fact."""
 
     __tablename__ = "delivery"
+    capped: int = 0  # left out: over the weekly broadcast cap
     __table_args__ = (Index("ix_delivery_person_status", "person_id", "status"),)
 
     id: int | None = Field(default=None, primary_key=True)
@@ -306,6 +308,8 @@ class AED(SQLModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     name: str = Field(max_length=100)
+    # when a worker claimed it (pending -> sending): a claim older than the lease is in doubt
+    claimed_at: datetime | None = _ts()
     address: str = Field(default="", max_length=200)
     lat: float
     lng: float

@@ -243,6 +243,43 @@ def aed_import(ctx: click.Context, path: Path, datum: str) -> None:
     click.echo(f"imported: {report.created} new, {report.updated} updated")
 
 
+# --- WeChat menu ---------------------------------------------------------------------------
+
+
+@cli.group()
+def menu() -> None:
+    """The Official Account's custom menu."""
+
+
+@menu.command("push")
+@click.pass_context
+def menu_push(ctx: click.Context) -> None:
+    """Push bot/menu.py's menu to WeChat (menu/create)."""
+    import bot.menu as menu_module
+    from jobs.wechat_api import WeChatAPI
+    from models.exceptions import WeChatAPIError, WeChatUnavailable
+    from models.redisconn import connect_redis, ensure_embedded
+
+    body = getattr(menu_module, "MENU", None)
+    if body is None:
+        body = menu_module.menu_definition()
+    problems = getattr(menu_module, "menu_problems", lambda _m: [])(body)
+    if problems:
+        raise click.ClickException("menu refused before sending: " + "; ".join(problems))
+    settings = _settings(ctx)
+    owned = ensure_embedded(settings)
+    client = connect_redis(settings)
+    try:
+        WeChatAPI(settings, client).create_menu(body)
+    except (WeChatAPIError, WeChatUnavailable) as exc:
+        raise click.ClickException(f"WeChat refused the menu: {exc}") from None
+    finally:
+        client.close()
+        if owned:
+            owned.stop()
+    click.echo(f"menu pushed: {len(body.get('button', []))} buttons")
+
+
 def main(argv: list[str] | None = None) -> Any:
     try:
         return cli.main(args=argv, prog_name="redgrid", standalone_mode=True)

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-12-04 19:56:41.842704
+Create Date: 2026-12-04 20:05:23.675291
 """
 
 from collections.abc import Sequence
@@ -65,6 +65,7 @@ def upgrade() -> None:
     sa.Column('subscribed', sa.Boolean(), nullable=False),
     sa.Column('last_interaction_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['coordinator_scope_id'], ['grid_unit.id'], ),
     sa.ForeignKeyConstraint(['home_grid_id'], ['grid_unit.id'], ),
     sa.PrimaryKeyConstraint('id'),
@@ -75,6 +76,7 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f('ix_person_home_grid_id'), ['home_grid_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_person_phone'), ['phone'], unique=False)
         batch_op.create_index(batch_op.f('ix_person_status'), ['status'], unique=False)
+        batch_op.create_index(batch_op.f('ix_person_updated_at'), ['updated_at'], unique=False)
 
     op.create_table('aed',
     sa.Column('id', sa.Integer(), nullable=False),
@@ -236,6 +238,7 @@ def upgrade() -> None:
     sa.Column('sent', sa.Integer(), nullable=False),
     sa.Column('deferred', sa.Integer(), nullable=False),
     sa.Column('failed', sa.Integer(), nullable=False),
+    sa.Column('capped', sa.Integer(), nullable=False),
     sa.Column('status', sa.Enum('draft', 'sending', 'done', 'cancelled', name='campaignstatus', native_enum=False, length=32), nullable=False),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('finished_at', sa.DateTime(timezone=True), nullable=True),
@@ -253,13 +256,14 @@ def upgrade() -> None:
     sa.Column('person_id', sa.Integer(), nullable=False),
     sa.Column('purpose', sqlmodel.sql.sqltypes.AutoString(length=32), nullable=False),
     sa.Column('channel', sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
-    sa.Column('status', sa.Enum('pending', 'sent', 'deferred', 'failed', 'cancelled', name='deliverystatus', native_enum=False, length=32), nullable=False),
+    sa.Column('status', sa.Enum('pending', 'sending', 'sent', 'deferred', 'failed', 'cancelled', name='deliverystatus', native_enum=False, length=32), nullable=False),
     sa.Column('text', sqlmodel.sql.sqltypes.AutoString(length=4000), nullable=False),
     sa.Column('payload', sa.JSON(), nullable=False),
     sa.Column('campaign_id', sa.Integer(), nullable=True),
     sa.Column('errcode', sa.Integer(), nullable=True),
     sa.Column('attempts', sa.Integer(), nullable=False),
     sa.Column('not_before', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('claimed_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('sent_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['campaign_id'], ['campaign.id'], ),
@@ -334,6 +338,7 @@ def downgrade() -> None:
 
     op.drop_table('aed')
     with op.batch_alter_table('person', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_person_updated_at'))
         batch_op.drop_index(batch_op.f('ix_person_status'))
         batch_op.drop_index(batch_op.f('ix_person_phone'))
         batch_op.drop_index(batch_op.f('ix_person_home_grid_id'))
