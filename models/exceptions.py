@@ -52,3 +52,7 @@ class WebhookRefused(RedGridError):
         super().__init__(f"webhook answered HTTP {status}: {body[:200]}")
         self.status = status
         self.body = body
+
+
+class BadRecurrence(RedGridError):
+    """A shift recurrence rule that is not "WEEKLY:<days>" (e.g. "WEEKLY:TU,FR")."""

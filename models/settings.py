@@ -42,6 +42,19 @@ class DispatchPolicy(BaseModel):
     cancel_cutoff_s: int = 2 * 3600
     understaffed_alert_s: int = 48 * 3600
     recurrence_horizon_days: int = 14
+    # locality: same grid / village / town as the task earns this share of a band
+    w_locality: float = 0.5
+    # the index's H3 resolution (8: ~0.74 km² cells, a few dozen volunteers each)
+    index_h3_res: int = 8
+    # how long an index snapshot is trusted before a watermark refresh (seconds)
+    index_refresh_s: int = 30
+    # check-in/out: the window opens this long before the start; a location within this
+    # distance of the task confirms it; credited hours are capped at the task's length + extra
+    checkin_early_s: int = 3600
+    checkin_radius_m: float = 1_000.0
+    checkout_extra_h: float = 1.0
+    # a report's dispatch task lasts until needed_by, or this long when none is given
+    report_default_hours: float = 4.0
 
 
 class Settings(BaseSettings):
@@ -81,6 +94,15 @@ class Settings(BaseSettings):
     broadcast_batch: int = 200
     broadcast_weekly_cap: int = 3
 
+    # outbound sending (jobs/outbound.py)
+    outbound_max_attempts: int = Field(default=5, ge=1)
+    outbound_backoff_s: list[int] = [10, 60, 300, 900]  # delay before attempt 2, 3, ...
+    outbound_claim_lease_s: int = 120  # a "sending" claim older than this is in doubt
+    # reminders (jobs/reminders.py): before the start, and after the end (check out)
+    reminder_before_s: list[int] = [24 * 3600, 2 * 3600]
+    reminder_checkin: bool = True  # one at the start: "please check in"
+    reminder_checkout_after_s: int = 15 * 60
+
     dispatch: DispatchPolicy = DispatchPolicy()
 
     @field_validator("database_url")
@@ -94,15 +116,6 @@ class Settings(BaseSettings):
         try:
             url = make_url(v)
         except ArgumentError:
-    # outbound sending (jobs/outbound.py)
-    outbound_max_attempts: int = Field(default=5, ge=1)
-    outbound_backoff_s: list[int] = [10, 60, 300, 900]  # delay before attempt 2, 3, ...
-    outbound_claim_lease_s: int = 120  # a "sending" claim older than this is in doubt
-    # reminders (jobs/reminders.py): before the start, and after the end (check out)
-    reminder_before_s: list[int] = [24 * 3600, 2 * 3600]
-    reminder_checkin: bool = True  # one at the start: "please check in"
-    reminder_checkout_after_s: int = 15 * 60
-
             raise ValueError("not a database URL (e.g. postgresql+psycopg://user@host/db)") from None
         if url.get_backend_name() not in ("sqlite", "postgresql"):
             raise ValueError("only sqlite:// and postgresql:// URLs are supported")

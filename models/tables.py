@@ -168,6 +168,15 @@ class Person(SQLModel, table=True):
     subscribed: bool = True
     last_interaction_at: datetime | None = _ts()
     created_at: datetime = _created()
+    # bumped on every UPDATE of the row: the dispatcher's in-process index refreshes from
+    # it as a watermark (code that changes only a person's certificates must touch it too)
+    updated_at: datetime = Field(
+        default_factory=utcnow,
+        sa_type=UTCDateTime,
+        nullable=False,
+        index=True,
+        sa_column_kwargs={"onupdate": utcnow},
+    )
 
 
 class GridWorkerGrid(SQLModel, table=True):
@@ -275,6 +284,7 @@ class Campaign(SQLModel, table=True):
     sent: int = 0
     deferred: int = 0
     failed: int = 0
+    capped: int = 0  # left out: over the weekly broadcast cap
     status: CampaignStatus = _enum(CampaignStatus, default=CampaignStatus.draft, index=True)
     created_at: datetime = _created()
     finished_at: datetime | None = _ts()
@@ -284,7 +294,6 @@ class Delivery(SQLModel, table=True):
     """Every outbound message; the unique dedupe key makes "sent once" a database fact."""
 
     __tablename__ = "delivery"
-    capped: int = 0  # left out: over the weekly broadcast cap
     __table_args__ = (Index("ix_delivery_person_status", "person_id", "status"),)
 
     id: int | None = Field(default=None, primary_key=True)
@@ -299,6 +308,8 @@ class Delivery(SQLModel, table=True):
     errcode: int | None = None
     attempts: int = 0
     not_before: datetime | None = _ts(index=True)
+    # when a worker claimed it (pending -> sending): a claim older than the lease is in doubt
+    claimed_at: datetime | None = _ts()
     sent_at: datetime | None = _ts()
     created_at: datetime = _created()
 
@@ -308,8 +319,6 @@ class AED(SQLModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     name: str = Field(max_length=100)
-    # when a worker claimed it (pending -> sending): a claim older than the lease is in doubt
-    claimed_at: datetime | None = _ts()
     address: str = Field(default="", max_length=200)
     lat: float
     lng: float
