@@ -62,6 +62,10 @@ def _register_jobs() -> None:
     ])
     STARTUP.append(reconcile_at_start)
 
+    from jobs import dispatch
+
+    dispatch.register(SCHEDULE, STARTUP)  # recurring shifts, understaffing alerts, index warm-up
+
 
 _register_jobs()
 
