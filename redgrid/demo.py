@@ -548,6 +548,14 @@ def _build_shifts(
         s = make(t, day, lat, lng, place)
         fill(s, int(s.slots * rng.choice([0, 0, 0.25, 0.5, 0.75])))
         shifts.append(s)
+    # As dispatcher.shifts expects: the first occurrence is the series template and carries the
+    # rule; the later ones point at it (series_id) and carry none, so nothing expands them twice.
+    firsts: set[str] = set()
+    for s in shifts:
+        if s.series and s.series in firsts:
+            s.recurrence = None
+        elif s.series:
+            firsts.add(s.series)
     return shifts
 
 
@@ -694,13 +702,13 @@ def _write_shifts(
         ],
     )
     ids = [tid for (tid,) in result]
-    # A series is named by its first occurrence's id; the first occurrence names itself, so
-    # "series_id = X" finds every occurrence.
     heads: dict[str, int] = {}
     series = []
     for s, tid in zip(rows, ids, strict=True):
-        if s.series:
-            series.append({"id": tid, "series_id": heads.setdefault(s.series, tid)})
+        if s.series and s.series in heads:
+            series.append({"id": tid, "series_id": heads[s.series]})
+        elif s.series:
+            heads[s.series] = tid  # the template itself keeps series_id NULL
     if series:
         session.execute(update(Task), series)
     assignments = []
