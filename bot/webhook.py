@@ -105,11 +105,8 @@ async def _post(request: web.Request) -> web.StreamResponse:
     limit = settings.max_body_bytes
     if request.content_length is not None and request.content_length > limit:
         return _refuse(request, 413, BadMessage(f"body over {limit} bytes"))
-    try:
-        body = await request.content.read(limit + 1)  # chunked bodies are bounded too
-    except (web.HTTPRequestEntityTooLarge, ValueError):
-        return _refuse(request, 413, BadMessage(f"body over {limit} bytes"))
-    if len(body) > limit:
+    body = await _read_bounded(request, limit)  # chunked bodies (no Content-Length) too
+    if body is None:
         return _refuse(request, 413, BadMessage(f"body over {limit} bytes"))
 
     now = time.time()
@@ -138,6 +135,20 @@ async def _post(request: web.Request) -> web.StreamResponse:
     )
     sealed = wechat.seal_reply(xml, envelope=envelope, settings=settings, now=now)
     return web.Response(text=sealed, content_type="application/xml")
+
+
+async def _read_bounded(request: web.Request, limit: int) -> bytes | None:
+    """The whole body, or None as soon as it passes ``limit`` bytes (the rest is not read)."""
+    parts: list[bytes] = []
+    size = 0
+    while True:
+        chunk = await request.content.read(64 * 1024)
+        if not chunk:
+            return b"".join(parts)
+        size += len(chunk)
+        if size > limit:
+            return None
+        parts.append(chunk)
 
 
 def _refuse(request: web.Request, status: int, exc: Exception) -> web.Response:
