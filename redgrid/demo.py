@@ -28,7 +28,7 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.orm import sessionmaker
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from dispatcher.geo import cell, haversine_m
 from models.db import transaction, utcnow
@@ -570,7 +570,7 @@ def seed_demo(
     With ``if_empty`` and a database that already has grid units, do nothing and return {}.
     """
     with transaction(sessions) as session:
-        if if_empty and session.scalar(select(GridUnit.id).limit(1)) is not None:
+        if if_empty and session.scalar(select(col(GridUnit.id)).limit(1)) is not None:
             return {}
         write_demo(session, build_demo(seed=seed, volunteers=volunteers))
         return count_demo(session)
@@ -588,14 +588,14 @@ def write_demo(session: Session, data: DemoData) -> None:
 def _write_units(session: Session, rows: list[UnitRow]) -> dict[str, tuple[int, str]]:
     """code -> (id, path) of every unit; parents go in before children, level by level."""
     known = {code: (uid, path) for code, uid, path in session.execute(
-        select(GridUnit.code, GridUnit.id, GridUnit.path)
+        select(col(GridUnit.code), col(GridUnit.id), col(GridUnit.path))
     )}
     for level in (Level.city, Level.town, Level.village, Level.grid):
         new = [u for u in rows if u.level is level and u.code not in known]
         if not new:
             continue
         result = session.execute(
-            insert(GridUnit).returning(GridUnit.id, GridUnit.code),
+            insert(GridUnit).returning(col(GridUnit.id), col(GridUnit.code)),
             [
                 {
                     "code": u.code, "name": u.name, "level": u.level,
@@ -618,7 +618,7 @@ def _write_units(session: Session, rows: list[UnitRow]) -> dict[str, tuple[int, 
 
 
 def _demo_people(session: Session) -> dict[str, int]:
-    stmt = select(Person.openid, Person.id).where(Person.openid.like(f"{DEMO_PREFIX}%"))  # type: ignore[union-attr]
+    stmt = select(col(Person.openid), col(Person.id)).where(col(Person.openid).like(f"{DEMO_PREFIX}%"))
     return {openid: pid for openid, pid in session.execute(stmt)}
 
 
@@ -629,7 +629,7 @@ def _write_people(
     new = [p for p in rows if p.openid not in existing]
     if new:
         result = session.execute(
-            insert(Person).returning(Person.id, Person.openid),
+            insert(Person).returning(col(Person.id), col(Person.openid)),
             [
                 {
                     "openid": p.openid, "name": p.name, "phone": p.phone,
@@ -664,7 +664,7 @@ def _write_people(
 
 
 def _write_aeds(session: Session, rows: list[AEDRow], units: dict[str, tuple[int, str]]) -> None:
-    names = set(session.scalars(select(AED.name)))
+    names = set(session.scalars(select(col(AED.name))))
     new = [a for a in rows if a.name not in names]
     if new:
         session.execute(insert(AED), [
@@ -683,10 +683,10 @@ def _write_shifts(
     now: datetime,
 ) -> None:
     creator = people[dy.CITY_COORDINATOR]
-    if session.scalar(select(Task.id).where(Task.created_by_id == creator).limit(1)) is not None:
+    if session.scalar(select(col(Task.id)).where(col(Task.created_by_id) == creator).limit(1)) is not None:
         return  # written by an earlier run (shifts have no natural key to match one by one)
     result = session.execute(
-        insert(Task).returning(Task.id, sort_by_parameter_order=True),
+        insert(Task).returning(col(Task.id), sort_by_parameter_order=True),
         [
             {
                 "kind": s.kind, "mode": TaskMode.signup, "title": s.title, "description": s.description,
