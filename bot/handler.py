@@ -32,4 +32,4 @@ HandlerFactory = Callable[[web.Application], Handler]
 HANDLER = web.AppKey("handler", Handler)
 # Handler calls that outlived the reply budget; awaited (bounded) on shutdown so their late
 # answers are not lost when the process stops.
-LATE_TASKS = web.AppKey("late_tasks", set[asyncio.Task[None]])
+LATE_TASKS: web.AppKey[set[asyncio.Task[None]]] = web.AppKey("late_tasks", set)

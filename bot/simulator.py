@@ -236,18 +236,25 @@ def run_chat(sim: Simulator, lines: Iterable[str], out: Callable[[str], None], *
     """Send each line, print each reply; the exit status is 1 when any send failed."""
     failed = False
 
-    def exchange(fields: Fields) -> None:
+    def exchange(fields: Fields) -> bool:
+        """False when the server cannot be reached at all (no point going on)."""
         nonlocal failed
         try:
             reply = sim.send_sync(fields)
-        except (OSError, WebhookRefused, BadMessage) as exc:
+        except (WebhookRefused, BadMessage) as exc:
             failed = True
             err(f"redgrid chat: {exc}")
-            return
+            return True
+        except OSError as exc:
+            failed = True
+            reason = getattr(exc, "reason", exc)
+            err(f"redgrid chat: cannot reach {sim.url} ({reason}); is `redgrid web` running?")
+            return False
         out(_show(reply))
+        return True
 
-    if subscribe:
-        exchange(sim.event("subscribe"))
+    if subscribe and not exchange(sim.event("subscribe")):
+        return 1
     for raw in lines:
         line = raw.strip()
         if not line:
@@ -260,7 +267,8 @@ def run_chat(sim: Simulator, lines: Iterable[str], out: Callable[[str], None], *
         if isinstance(message, str):
             out(message)
             continue
-        exchange(message)
+        if not exchange(message):
+            return 1
     return 1 if failed else 0
 
 

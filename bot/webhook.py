@@ -16,6 +16,7 @@ parsed and deduped here; the engine sees only an ``Inbound``. Rules honoured:
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import logging
 import time
@@ -57,7 +58,8 @@ def handler_ctx(factory: HandlerFactory | None):  # type: ignore[no-untyped-def]
         else:
             app[HANDLER] = factory(app)
         yield
-        pending = list(app[LATE_TASKS])
+        late: set[asyncio.Task[None]] = app[LATE_TASKS]
+        pending = list(late)
         if pending:
             _done, still = await asyncio.wait(pending, timeout=_LATE_DRAIN_S)
             for task in still:
@@ -65,7 +67,9 @@ def handler_ctx(factory: HandlerFactory | None):  # type: ignore[no-untyped-def]
                 task.cancel()
         close = getattr(app[HANDLER], "close", None)
         if callable(close):
-            close()
+            result = close()
+            if inspect.isawaitable(result):
+                await result
 
     return ctx
 

@@ -20,7 +20,7 @@ from aiohttp.test_utils import TestServer
 
 from bot.app import METRICS, SETTINGS, create_app
 from bot.inbound import Inbound
-from bot.simulator import Simulator
+from bot.simulator import Simulator, parse_chat_line, run_chat
 from bot.webhook import APOLOGY
 from bot.wechat import parse_xml, signature
 from models.settings import Settings, load_settings
@@ -414,3 +414,26 @@ async def test_redgrid_chat_reports_a_refusal(serve: Serve) -> None:
     _, err = await asyncio.wait_for(proc.communicate(b"hi\n"), timeout=60)
     assert proc.returncode == 1
     assert "HTTP 403" in err.decode()
+
+
+def test_chat_stops_when_the_server_cannot_be_reached() -> None:
+    sim = Simulator("http://127.0.0.1:1/wechat", token=TOKEN, app_id=APP_ID, openid="demo-volunteer")
+    out: list[str] = []
+    errors: list[str] = []
+    status = run_chat(sim, ["帮助", "班次"], out.append, err=errors.append)
+    assert status == 1
+    assert out == [] and len(errors) == 1 and "cannot reach" in errors[0]
+
+
+def test_chat_line_commands() -> None:
+    sim = Simulator("http://127.0.0.1:1/wechat", token=TOKEN, app_id=APP_ID, openid="demo-volunteer")
+    loc = parse_chat_line(sim, "/loc 29.2785 120.2282 东阳 市政府")
+    assert isinstance(loc, dict) and loc["MsgType"] == "location" and loc["Label"] == "东阳 市政府"
+    assert loc["Location_X"] != 29.2785  # sent as GCJ-02
+    click = parse_chat_line(sim, "/click RG_SOS")
+    assert isinstance(click, dict) and (click["Event"], click["EventKey"]) == ("CLICK", "RG_SOS")
+    assert "用法" in str(parse_chat_line(sim, "/loc north south"))
+    assert "模拟器命令" in str(parse_chat_line(sim, "/nonsense"))
+    assert parse_chat_line(sim, "/quit") is None
+    text = parse_chat_line(sim, "报名 1")
+    assert isinstance(text, dict) and text["Content"] == "报名 1"
