@@ -1234,7 +1234,7 @@ def run_wave(
     ttl = waves.ttl(urgency, policy)
     if ranked:
         place = place_name(session, task)
-        what = f"（{task.title}）" if task.report_id else f"参加「{task.title}」"
+        what = f"（{task.title}）" if task.report_id else task.title
         for r in ranked:
             a = Assignment(
                 task_id=task_id,
