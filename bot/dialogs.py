@@ -461,8 +461,7 @@ def bc_start(turn: Turn, scope: GridUnit) -> str:
 
 
 def bc_step(turn: Turn, d: Dialog) -> str:
-    from dispatcher.audience import Audience, preview_audience
-    from jobs.broadcast import create_campaign
+    from dispatcher.audience import Audience, create_campaign, preview_audience
 
     text = turn.text
     scope = turn.session.get(GridUnit, d.data["scope_id"])
@@ -497,8 +496,10 @@ def bc_step(turn: Turn, d: Dialog) -> str:
             if not 5 <= len(raw) <= 500:
                 return copy.BC_BAD_TEXT
             d.data["text"] = raw
-            audience = Audience(grid_id=d.data["target_id"], skills=d.data["skills"])
-            pv = preview_audience(turn.session, audience=audience, now=turn.now)
+            audience = Audience(grid_id=d.data["target_id"], skills=tuple(d.data["skills"]))
+            pv = preview_audience(
+                turn.session, audience=audience, now=turn.now, template_id=turn.settings.template_broadcast
+            )
             if pv.total == 0:
                 turn.save(d)
                 return copy.BC_EMPTY
@@ -514,7 +515,7 @@ def bc_step(turn: Turn, d: Dialog) -> str:
                 return copy.BC_CANCELLED
             if text not in ("确认", "确定", "发送"):
                 return copy.BC_CONFIRM_AGAIN
-            audience = Audience(grid_id=d.data["target_id"], skills=d.data["skills"])
+            audience = Audience(grid_id=d.data["target_id"], skills=tuple(d.data["skills"]))
             campaign = create_campaign(
                 turn.session,
                 turn.fx,
