@@ -183,5 +183,6 @@ STATUS_NO_UNFILLED = "7天内的班次都已满员。"
 STATUS_TODAY = "今日任务 {n} 个，已签到 {checked_in} 人。"
 STATUS_CAMPAIGNS = "最近的广播："
 STATUS_CAMPAIGN = "C{id} 已发 {sent}/{targeted}，待下次互动 {deferred}，失败 {failed}（{state}）"
+REPORT_STATE = {"open": "待接单", "taken": "已接单", "done": "已完成", "cancelled": "已取消"}
 CAMPAIGN_STATE = {"draft": "草稿", "sending": "发送中", "done": "已完成", "cancelled": "已取消"}
 LATE_REPLY_PREFIX = ""

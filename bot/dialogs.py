@@ -416,8 +416,9 @@ def _report_faulty_aed(turn: Turn, d: Dialog, aed_id: int) -> str:
         AuditEntry(actor_id=turn.person.id, action="aed.faulty", entity="aed", entity_id=aed.id,
                    detail={"report_id": report.id, "text": d.data["text"]})
     )
-    unit = turn.session.get(GridUnit, grid_id)
-    for coordinator in places.coordinators_for(turn.session, unit) if unit else []:
+    from dispatcher.services import coordinators_for
+
+    for coordinator in coordinators_for(turn.session, grid_id):
         row = queue_message(
             turn.session, person_id=coordinator.id or 0, purpose="aed_faulty", target=report.id or 0,
             text=copy.AED_FAULT_NOTICE.format(id=report.id, name=aed.name, text=d.data["text"]),

@@ -22,14 +22,15 @@ from bot.commands import CLICK_KEYS, Cmd, Parsed, Ref, mask_name, mask_phone, pa
 from bot.dialogs import Turn
 from bot.inbound import Inbound
 from bot.state import Dialog, DialogStore, Listing
-from bot.views import clip, fit, hours_label, when_label
+from bot.views import age_label, clip, fit, hours_label, when_label
 from dispatcher import aed as aed_rank
 from dispatcher.effects import Effects
 from dispatcher.geo import format_distance, tencent_map_link
+from dispatcher.services import StatusView
 from models.db import transaction, utcnow
 from models.outbox import queue_message
 from models.settings import Settings
-from models.tables import AED, AEDStatus, Campaign, Person, PersonStatus
+from models.tables import AED, AEDStatus, Campaign, GridUnit, Person, PersonStatus
 
 log = logging.getLogger(__name__)
 
@@ -509,6 +510,38 @@ class Conversation:
             ]
         text, _ = fit(copy.STATUS_HEAD.format(scope=scope.name), lines, "")
         return text
+
+
+    def _status_lines(self, turn: Turn, view: StatusView) -> list[str]:
+        lines: list[str] = []
+        if view.open_reports:
+            lines.append(copy.STATUS_REPORTS.format(n=len(view.open_reports)))
+            for r in view.open_reports[:5]:
+                grid = turn.session.get(GridUnit, r.report.grid_id)
+                state = copy.REPORT_STATE.get(r.report.status.value, r.report.status.value)
+                if r.task is not None:
+                    state += f" {r.task.accepted_count}/{r.task.slots}"
+                lines.append(
+                    copy.STATUS_REPORT.format(
+                        id=r.report.id, category=r.report.category, grid=grid.name if grid else "",
+                        age=age_label(r.age), state=state,
+                    )
+                )
+        else:
+            lines.append(copy.STATUS_NO_REPORTS)
+        if view.unfilled:
+            lines.append(copy.STATUS_UNFILLED.format(n=len(view.unfilled)))
+            lines += [
+                copy.STATUS_SHIFT.format(
+                    title=t.task.title, when=when_label(t.task.starts_at, t.task.ends_at, turn.now, self.tz),
+                    filled=t.accepted, slots=t.task.slots,
+                )
+                for t in view.unfilled[:5]
+            ]
+        else:
+            lines.append(copy.STATUS_NO_UNFILLED)
+        lines.append(copy.STATUS_TODAY.format(n=len(view.today), checked_in=sum(t.checked_in for t in view.today)))
+        return lines
 
 
 def build_handler(app: web.Application) -> Conversation:

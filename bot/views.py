@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, tzinfo
+from datetime import datetime, timedelta, tzinfo
 
 REPLY_LIMIT = 2000  # bytes; WeChat's passive text reply holds about 2,048
 _WEEKDAY = "一二三四五六日"
@@ -55,3 +55,12 @@ def clip(text: str, *, limit: int = REPLY_LIMIT) -> str:
     if len(data) <= limit:
         return text
     return data[: limit - 3].decode(errors="ignore") + "…"
+
+
+def age_label(age: timedelta) -> str:
+    minutes = int(age.total_seconds() // 60)
+    if minutes < 60:
+        return f"{max(1, minutes)}分钟"
+    if minutes < 48 * 60:
+        return f"{minutes // 60}小时"
+    return f"{minutes // (24 * 60)}天"

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from sqlmodel import Session, col, or_, select
 
 from dispatcher.geo import haversine_m
-from models.tables import GridUnit, Level, Person, PersonStatus
+from models.tables import GridUnit, Level
 
 # a position farther than this from every grid centroid is outside Dongyang's grids
 MAX_GRID_DISTANCE_M = 6_000.0
@@ -93,16 +93,3 @@ def grids_under(session: Session, unit: GridUnit, *, limit: int = 50) -> list[Gr
 def in_subtree(unit: GridUnit, scope: GridUnit) -> bool:
     return unit.path.startswith(scope.path)
 
-
-def coordinators_for(session: Session, unit: GridUnit) -> list[Person]:
-    """Active coordinators whose scope contains ``unit``, nearest scope first (town before city)."""
-    ids = [int(p) for p in unit.path.strip("/").split("/") if p]
-    rows = session.exec(
-        select(Person).where(
-            Person.is_coordinator == True,  # noqa: E712
-            col(Person.coordinator_scope_id).in_(ids),
-            Person.status == PersonStatus.active,
-        )
-    ).all()
-    depth = {uid: i for i, uid in enumerate(ids)}
-    return sorted(rows, key=lambda p: -depth.get(p.coordinator_scope_id or 0, -1))

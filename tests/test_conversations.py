@@ -244,3 +244,15 @@ async def test_faulty_aed_report_takes_it_out_of_answers(settings, server, world
         # the town's coordinator (and the city's) are told
         told = {d.person_id for d in s.exec(select(Delivery).where(Delivery.purpose == "aed_faulty"))}
         assert told == {world.coordinator, world.town_coordinator}
+
+
+async def test_coordinator_status(settings, server, world) -> None:  # type: ignore[no-untyped-def]
+    g = sim(settings, server, "demo-gridworker")
+    for answer in ("上报", "1", "独居老人需要人帮忙取药", "1", "1", "1", "明天16:00"):
+        await say(g, answer)
+    c = sim(settings, server, "demo-coordinator")
+    status = await say(c, "状态")
+    assert status.startswith("江北街道 工作概况：")
+    assert "待处理上报 1 件" in status and "独居老人帮扶" in status
+    assert "爱心冰柜补货" in status  # unfilled shift in 江北 within 7 days
+    assert "西街" not in status and "卡口值守" not in status  # 吴宁's shift is not in 江北's view
