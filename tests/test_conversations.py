@@ -14,6 +14,7 @@ from bot.simulator import Simulator
 from models import (
     AED,
     AEDStatus,
+    Assignment,
     AuditEntry,
     Campaign,
     Certificate,
@@ -256,3 +257,18 @@ async def test_coordinator_status(settings, server, world) -> None:  # type: ign
     assert "待处理上报 1 件" in status and "独居老人帮扶" in status
     assert "爱心冰柜补货" in status  # unfilled shift in 江北 within 7 days
     assert "西街" not in status and "卡口值守" not in status  # 吴宁's shift is not in 江北's view
+
+
+async def test_same_message_three_times_one_effect(settings, server, world, sessions) -> None:  # type: ignore[no-untyped-def]
+    v = sim(settings, server, "demo-volunteer")
+    listing = await say(v, "班次")
+    n = next(line.split()[0] for line in listing.splitlines()[1:] if "爱心冰柜补货" in line)
+    msg = v.text(f"报名 {n}", msg_id=987654321)
+    replies = [await v.send(msg) for _ in range(3)]  # WeChat's retries carry the same MsgId
+    assert replies[0] is not None and "报名成功" in replies[0]
+    assert replies[0] == replies[1] == replies[2]
+    with sessions() as s:
+        t = s.get(Task, world.shift_near)
+        assert t is not None and t.accepted_count == 1
+        rows = s.exec(select(Assignment).where(Assignment.task_id == world.shift_near)).all()
+        assert [(a.person_id, a.status) for a in rows] == [(world.volunteer, "accepted")]
