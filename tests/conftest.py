@@ -148,8 +148,10 @@ def sessions(engine: Engine) -> Iterator[sessionmaker[Session]]:
 
 
 @pytest.fixture
-def settings(database_url: str, redis_url: str, tmp_path: Path, engine: Engine) -> Settings:
-    """Settings pointing at the test database and Redis; WeChat at a loopback address."""
+def settings(
+    database_url: str, redis_url: str, redis_client: redis.Redis, tmp_path: Path, engine: Engine
+) -> Settings:
+    """Settings pointing at the test database and a flushed Redis; WeChat at a loopback address."""
     return load_settings(
         database_url=database_url,
         redis_url=redis_url,
