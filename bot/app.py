@@ -89,7 +89,7 @@ async def metrics(request: web.Request) -> web.Response:
 def create_app(settings: Settings, *, handler_factory: HandlerFactory | None = None) -> web.Application:
     """The web app; ``handler_factory`` builds the conversation handler (default: the engine's
     ``bot.engine.build_handler``) once the database and Redis are up."""
-    from bot import webhook  # imported here: webhook imports this module's keys
+    from bot import console, webhook  # imported here: they import this module's keys
 
     app = web.Application(client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
@@ -102,4 +102,5 @@ def create_app(settings: Settings, *, handler_factory: HandlerFactory | None = N
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
+    console.setup(app)  # /console/ (coordinators) and /v/ (volunteers' pages)
     return app

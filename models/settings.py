@@ -103,6 +103,14 @@ class Settings(BaseSettings):
     reminder_checkin: bool = True  # one at the start: "please check in"
     reminder_checkout_after_s: int = 15 * 60
 
+    # web console (bot/console): server-side sessions, lock-out, signed volunteer links
+    console_secret: SecretStr | None = None  # unset: keys are derived from WECHAT_APP_SECRET
+    console_session_ttl_s: int = 8 * 3600  # idle time before a console login ends
+    console_cookie_secure: bool = False  # set true behind HTTPS so cookies never go in clear
+    console_max_failures: int = 5  # failed logins in a row before the account is locked
+    console_lockout_s: int = 15 * 60
+    volunteer_link_ttl_s: int = 7 * 24 * 3600  # how long a signed /v/ link from the chat works
+
     dispatch: DispatchPolicy = DispatchPolicy()
 
     @field_validator("database_url")
@@ -167,6 +175,16 @@ class Settings(BaseSettings):
         except (ZoneInfoNotFoundError, ValueError):
             raise ValueError("unknown time zone") from None
         return v
+
+    def signing_key(self, purpose: str) -> bytes:
+        """A key for one purpose (cookies, volunteer links), HMAC-SHA256-derived from
+        CONSOLE_SECRET, or from WECHAT_APP_SECRET when that is unset: one secret to keep, and
+        a key leaked for one purpose does not sign for another."""
+        import hashlib
+        import hmac
+
+        root = (self.console_secret or self.wechat_app_secret).get_secret_value().encode()
+        return hmac.new(root, f"redgrid:{purpose}".encode(), hashlib.sha256).digest()
 
     @property
     def effective_database_url(self) -> str:

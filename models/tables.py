@@ -341,3 +341,20 @@ class AuditEntry(SQLModel, table=True):
     entity_id: int | None = None
     detail: dict[str, Any] = _json_dict()
     at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False, index=True)
+
+
+class ConsoleLogin(SQLModel, table=True):
+    """A coordinator's web-console credentials and lock-out state.
+
+    Kept out of Person on purpose: Person.updated_at is the dispatcher index's watermark, and
+    a failed login must not make every web process re-read the volunteer.
+    """
+
+    __tablename__ = "console_login"
+
+    person_id: int = Field(foreign_key="person.id", primary_key=True)
+    password_hash: str = Field(max_length=255)  # argon2id, in its self-describing PHC format
+    failed_logins: int = 0  # failures in a row since the last success or lock-out
+    locked_until: datetime | None = _ts()
+    password_set_at: datetime = _created()
+    last_login_at: datetime | None = _ts()

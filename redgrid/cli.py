@@ -87,6 +87,7 @@ def demo_seed(ctx: click.Context, seed_value: int, volunteers: int, if_empty: bo
     sessions = session_factory(engine)
     counts = seed_demo(sessions, seed=seed_value, volunteers=volunteers, if_empty=if_empty)
     click.echo(summary_table(counts))
+    _demo_logins(sessions)
     engine.dispose()
 
 
@@ -154,6 +155,7 @@ def run(ctx: click.Context, no_seed: bool) -> None:
         counts = seed_demo(session_factory(engine), seed=1, if_empty=True)
         if counts:
             click.echo(summary_table(counts))
+        _demo_logins(session_factory(engine))
     engine.dispose()
 
     embedded = None if settings.redis_url else EmbeddedRedis(settings).start()
@@ -278,6 +280,159 @@ def menu_push(ctx: click.Context) -> None:
         if owned:
             owned.stop()
     click.echo(f"menu pushed: {len(body.get('button', []))} buttons")
+
+
+# --- web console, roster import/export --------------------------------------------------------
+
+
+def _demo_logins(sessions: Any) -> None:
+    """The demo's coordinators get the README's demo password (only those without a login)."""
+    from bot.console.auth import DEMO_PASSWORD, ensure_demo_logins
+    from models.db import transaction, utcnow
+
+    with transaction(sessions) as s:
+        n = ensure_demo_logins(s, now=utcnow())
+    if n:
+        click.echo(f"console: {n} demo coordinators can log in at /console/ with password {DEMO_PASSWORD!r}")
+
+
+def _find_person(session: Any, openid: str | None, phone: str | None) -> Any:
+    from sqlmodel import select
+
+    from models.tables import Person
+
+    if bool(openid) == bool(phone):
+        raise click.UsageError("give exactly one of --openid or --phone")
+    stmt = select(Person).where(Person.openid == openid) if openid else select(Person).where(Person.phone == phone)
+    person = session.exec(stmt).first()
+    if person is None:
+        raise click.ClickException("no such person")
+    return person
+
+
+@cli.group()
+def console() -> None:
+    """The coordinators' web console."""
+
+
+@console.command("set-password")
+@click.option("--openid", default=None)
+@click.option("--phone", default=None)
+@click.pass_context
+def console_set_password(ctx: click.Context, openid: str | None, phone: str | None) -> None:
+    """Set a coordinator's console password, read from stdin (first line)."""
+    from bot.console.auth import set_password
+    from models.db import make_engine, session_factory, transaction, utcnow
+    from models.exceptions import NotAllowed
+
+    if sys.stdin.isatty():
+        import getpass
+
+        password = getpass.getpass("password: ")
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    engine = make_engine(_settings(ctx))
+    try:
+        with transaction(session_factory(engine)) as s:
+            person = _find_person(s, openid, phone)
+            set_password(s, person_id=person.id, password=password, now=utcnow())
+            name = person.name
+    except (ValueError, NotAllowed) as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        engine.dispose()
+    click.echo(f"console password set for {name}")
+
+
+@console.command("link")
+@click.option("--openid", default=None)
+@click.option("--phone", default=None)
+@click.pass_context
+def console_link(ctx: click.Context, openid: str | None, phone: str | None) -> None:
+    """Print a volunteer's signed link to their /v/ pages."""
+    from bot.console.volunteer import volunteer_link
+    from models.db import make_engine, session_factory
+
+    settings = _settings(ctx)
+    engine = make_engine(settings)
+    with session_factory(engine)() as s:
+        person = _find_person(s, openid, phone)
+        click.echo(volunteer_link(settings, person_id=person.id))
+    engine.dispose()
+
+
+@cli.group("import")
+def import_() -> None:
+    """Import data."""
+
+
+@import_.command("volunteers")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--scope", "scope_code", default=None, help="only accept grids under this unit code")
+@click.pass_context
+def import_volunteers_cmd(ctx: click.Context, file: Path, scope_code: str | None) -> None:
+    """Import volunteers from CSV or XLSX: all rows or none (each bad row is listed)."""
+    from sqlmodel import select
+
+    from models.db import make_engine, session_factory, transaction, utcnow
+    from models.tables import GridUnit
+    from redgrid.roster import import_volunteers
+
+    settings = _settings(ctx)
+    engine = make_engine(settings)
+    try:
+        with transaction(session_factory(engine)) as s:
+            scope_path = None
+            if scope_code:
+                unit = s.exec(select(GridUnit).where(GridUnit.code == scope_code)).first()
+                if unit is None:
+                    raise click.ClickException(f"no grid unit {scope_code}")
+                scope_path = unit.path
+            report = import_volunteers(s, data=file.read_bytes(), filename=file.name, actor_id=None,
+                                       scope_path=scope_path, now=utcnow(), tz=settings.tz)
+            if not report.ok:
+                s.rollback()
+    finally:
+        engine.dispose()
+    if report.ok:
+        click.echo(f"imported {report.created} volunteers from {file.name}")
+        return
+    click.echo(f"{file.name}: {len(report.error_rows())} bad rows, nothing imported", err=True)
+    for e in report.errors:
+        click.echo(f"  row {e.row} {e.label}: {e.message}", err=True)
+    sys.exit(1)
+
+
+@cli.group("export")
+def export_() -> None:
+    """Export data."""
+
+
+@export_.command("hours")
+@click.option("--month", required=True, help="YYYY-MM")
+@click.option("--format", "fmt", type=click.Choice(["csv", "xlsx"]), default="csv", show_default=True)
+@click.option("--by", type=click.Choice(["town", "person"]), default="town", show_default=True,
+              help="CSV only: the town totals or the per-volunteer rows (XLSX holds both)")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="default: the file name it would download as, in the current directory")
+@click.pass_context
+def export_hours_cmd(ctx: click.Context, month: str, fmt: str, by: str, out: Path | None) -> None:
+    """Export service hours of a month by town (and per volunteer) to CSV or XLSX."""
+    from models.db import make_engine, session_factory
+    from redgrid.roster import export_hours
+
+    settings = _settings(ctx)
+    engine = make_engine(settings)
+    try:
+        with session_factory(engine)() as s:
+            body, name, _ctype = export_hours(s, month=month, fmt=fmt, scope_path=None, by=by, tz=settings.tz)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--month") from None
+    finally:
+        engine.dispose()
+    target = out or Path(name)
+    target.write_bytes(body)
+    click.echo(f"wrote {target}")
 
 
 def main(argv: list[str] | None = None) -> Any:

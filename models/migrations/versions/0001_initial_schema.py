@@ -128,6 +128,16 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f('ix_certificate_person_id'), ['person_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_certificate_skill'), ['skill'], unique=False)
 
+    op.create_table('console_login',
+    sa.Column('person_id', sa.Integer(), nullable=False),
+    sa.Column('password_hash', sqlmodel.sql.sqltypes.AutoString(length=255), nullable=False),
+    sa.Column('failed_logins', sa.Integer(), nullable=False),
+    sa.Column('locked_until', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('password_set_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('last_login_at', sa.DateTime(timezone=True), nullable=True),
+    sa.ForeignKeyConstraint(['person_id'], ['person.id'], ),
+    sa.PrimaryKeyConstraint('person_id')
+    )
     op.create_table('grid_worker_grid',
     sa.Column('person_id', sa.Integer(), nullable=False),
     sa.Column('grid_id', sa.Integer(), nullable=False),
@@ -321,6 +331,7 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_grid_worker_grid_grid_id'))
 
     op.drop_table('grid_worker_grid')
+    op.drop_table('console_login')
     with op.batch_alter_table('certificate', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_certificate_skill'))
         batch_op.drop_index(batch_op.f('ix_certificate_person_id'))
