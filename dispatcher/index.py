@@ -22,8 +22,10 @@ from datetime import datetime
 import h3
 
 from dispatcher.matching import (
+    EARTH_R,
     HAVERSINE_LOWER,
     NO_FACTS,
+    Clock,
     Facts,
     Ranked,
     TaskSpec,
@@ -45,6 +47,7 @@ class VolunteerIndex:
         self._people: dict[int, Volunteer] = {}
         self._cell_of: dict[int, str] = {}
         self._buckets: dict[str, dict[int, Volunteer]] = {}
+        self._kind_buckets: dict[tuple[str, str], dict[int, tuple[Volunteer, float, float, float]]] = {}
         self._centre: dict[str, tuple[float, float]] = {}
         self._circum: dict[str, float] = {}
         # refresh bookkeeping, kept by the service layer
@@ -67,28 +70,32 @@ class VolunteerIndex:
         return iter(self._people.values())
 
     def upsert(self, v: Volunteer) -> None:
-        """Add or replace a volunteer; a move re-buckets them."""
+        """Add or replace a volunteer; a move or a change of kinds re-buckets them."""
         cell = h3.latlng_to_cell(v.lat, v.lng, self.res)
-        old = self._cell_of.get(v.id)
-        if old is not None and old != cell:
-            self._drop_from_bucket(v.id, old)
+        if v.id in self._people:
+            self.remove(v.id)
         self._people[v.id] = v
         self._cell_of[v.id] = cell
         self._buckets.setdefault(cell, {})[v.id] = v
+        # Per (cell, kind) buckets: a search visits only the people opted in to the task's
+        # kind, with the trigonometry of their position done once here.
+        lat_r, lng_r = math.radians(v.lat), math.radians(v.lng)
+        entry = (v, lat_r, lng_r, math.cos(lat_r))
+        for kind in v.kinds:
+            self._kind_buckets.setdefault((cell, kind), {})[v.id] = entry
 
     def remove(self, person_id: int) -> None:
         """Forget a person (left, suspended for good, no longer a volunteer, no position)."""
-        self._people.pop(person_id, None)
+        v = self._people.pop(person_id, None)
         cell = self._cell_of.pop(person_id, None)
-        if cell is not None:
-            self._drop_from_bucket(person_id, cell)
-
-    def _drop_from_bucket(self, person_id: int, cell: str) -> None:
-        bucket = self._buckets.get(cell)
-        if bucket is not None:
-            bucket.pop(person_id, None)
-            if not bucket:
-                del self._buckets[cell]
+        if v is None or cell is None:
+            return
+        for key, bucket in [(cell, self._buckets)] + [((cell, k), self._kind_buckets) for k in v.kinds]:
+            b = bucket.get(key)  # type: ignore[call-overload]
+            if b is not None:
+                b.pop(person_id, None)
+                if not b:
+                    del bucket[key]  # type: ignore[arg-type]
 
     # --- geometry -------------------------------------------------------------------------
 
@@ -145,19 +152,23 @@ class VolunteerIndex:
     ) -> list[Ranked]:
         """The ``limit`` best candidates within ``radius_m``, best first (all when None)."""
         slack = max_bonus(task, policy)
-        heap: list[tuple[float, int, int, object]] = []  # (key or lower bound, id, exact, payload)
+        band = policy.distance_band_m
+        clock = Clock.of(task, now)
+        # heap entries: (key or a lower bound of it, person id, stage, payload); stage 0 has
+        # passed the static filters only, stage 1 also its record, stage 2 is exact
+        heap: list[tuple[float, int, int, object]] = []
         out: list[Ranked] = []
         rings = self._rings(task.lat, task.lng)
-        cells, bound = next(rings)  # ring 0: the task's own cell
+        cells, _bound = next(rings)  # ring 0: the task's own cell
         frontier = -slack  # lower bound on the key of anyone in a ring not yet admitted
         exhausted = False
         want = math.inf if limit is None else limit
         while len(out) < want:
             if not exhausted and (not heap or heap[0][0] >= frontier):
                 for c in cells:
-                    bucket = self._buckets.get(c)
+                    bucket = self._kind_buckets.get((c, task.kind))
                     if bucket:
-                        self._admit(bucket, task, facts, policy, now, radius_m, heap)
+                        self._admit(bucket, task, now, clock, radius_m, slack, heap)
                 cells, bound = next(rings)
                 if bound * HAVERSINE_LOWER > radius_m:
                     exhausted, frontier = True, math.inf
@@ -166,38 +177,45 @@ class VolunteerIndex:
                 continue
             if not heap:
                 break
-            _key, pid, exact, payload = heapq.heappop(heap)
-            if exact:
+            _key, pid, stage, payload = heapq.heappop(heap)
+            if stage == 2:
                 out.append(payload)  # type: ignore[arg-type]
-                continue
-            v, parts = payload  # type: ignore[misc]
-            d = geodesic_m(task.lat, task.lng, v.lat, v.lng)
-            if d > radius_m:
-                continue
-            r = ranked_from(v.id, parts, d, policy)
-            heapq.heappush(heap, (r.key, pid, 1, r))
+            elif stage == 1:
+                v, parts = payload  # type: ignore[misc]
+                d = geodesic_m(task.lat, task.lng, v.lat, v.lng)
+                if d <= radius_m:
+                    r = ranked_from(v.id, parts, d, policy)
+                    heapq.heappush(heap, (r.key, pid, 2, r))
+            else:
+                v, lower = payload  # type: ignore[misc]
+                f = facts.get(v.id, NO_FACTS)
+                if facts_ok(v, f, task, policy):
+                    parts = bonus_parts(v, f, task, policy)
+                    b = sum(p for _, p in parts)
+                    heapq.heappush(heap, (lower - band * b, pid, 1, (v, parts)))
         return out
 
     @staticmethod
     def _admit(
-        bucket: dict[int, Volunteer],
+        bucket: dict[int, tuple[Volunteer, float, float, float]],
         task: TaskSpec,
-        facts: Mapping[int, Facts],
-        policy: DispatchPolicy,
         now: datetime,
+        clock: Clock,
         radius_m: float,
+        slack: float,
         heap: list[tuple[float, int, int, object]],
     ) -> None:
-        band = policy.distance_band_m
-        for v in bucket.values():
-            if not static_ok(v, task, now):
+        # haversine inlined with the task's trigonometry hoisted: this loop is the hot path
+        t_lat, t_lng = math.radians(task.lat), math.radians(task.lng)
+        t_cos = math.cos(t_lat)
+        limit = radius_m / HAVERSINE_LOWER
+        sin, asin, sqrt = math.sin, math.asin, math.sqrt
+        for v, lat_r, lng_r, cos_lat in bucket.values():
+            if not (v.active and v.subscribed) or not static_ok(v, task, now, clock):
                 continue
-            lower = haversine_m(task.lat, task.lng, v.lat, v.lng) * HAVERSINE_LOWER
-            if lower > radius_m:
+            a = sin((lat_r - t_lat) / 2) ** 2 + t_cos * cos_lat * sin((lng_r - t_lng) / 2) ** 2
+            hav = 2 * EARTH_R * asin(min(1.0, sqrt(a)))
+            if hav > limit:
                 continue
-            f = facts.get(v.id, NO_FACTS)
-            if not facts_ok(v, f, task, policy):
-                continue
-            parts = bonus_parts(v, f, task, policy)
-            b = sum(p for _, p in parts)
-            heapq.heappush(heap, (lower - band * b, v.id, 0, (v, parts)))
+            lower = hav * HAVERSINE_LOWER
+            heapq.heappush(heap, (lower - slack, v.id, 0, (v, lower)))

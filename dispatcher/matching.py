@@ -29,7 +29,7 @@ from models.settings import DispatchPolicy
 
 LOCAL_TZ = ZoneInfo("Asia/Shanghai")
 _WGS84 = Geodesic.WGS84
-_R = 6_371_008.8
+EARTH_R = 6_371_008.8  # mean radius (m), for the haversine bounds
 # The spherical (haversine) distance never exceeds the WGS-84 geodesic by more than ~0.6%
 # at these latitudes; shrinking it by 1% makes it a safe lower bound.
 HAVERSINE_LOWER = 0.99
@@ -48,7 +48,7 @@ def haversine_m(lat1: float, lng1: float, lat2: float, lng2: float) -> float:
     p1, p2 = math.radians(lat1), math.radians(lat2)
     dp, dl = p2 - p1, math.radians(lng2 - lng1)
     a = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
-    return 2 * _R * math.asin(min(1.0, math.sqrt(a)))
+    return 2 * EARTH_R * math.asin(min(1.0, math.sqrt(a)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,13 +126,13 @@ def local_minute(now: datetime) -> int:
     return t.hour * 60 + t.minute
 
 
-def in_quiet_hours(quiet: tuple[int, int] | None, now: datetime) -> bool:
+def in_quiet_hours(quiet: tuple[int, int] | None, now: datetime, *, minute: int | None = None) -> bool:
     if quiet is None:
         return False
     start, end = quiet
     if start == end:
         return False
-    m = local_minute(now)
+    m = local_minute(now) if minute is None else minute
     if start < end:
         return start <= m < end
     return m >= start or m < end  # the quiet period wraps midnight (22:00-07:00)
@@ -161,17 +161,28 @@ def overlaps(a_start: datetime, a_end: datetime, b_start: datetime, b_end: datet
     return a_start < b_end and b_start < a_end
 
 
-def static_ok(v: Volunteer, task: TaskSpec, now: datetime) -> bool:
+@dataclass(frozen=True, slots=True)
+class Clock:
+    """What one search computes once instead of per person: local minute and task day."""
+
+    minute: int
+    task_day: date
+
+    @classmethod
+    def of(cls, task: TaskSpec, now: datetime) -> Clock:
+        return cls(local_minute(now), task.starts_at.astimezone(LOCAL_TZ).date())
+
+
+def static_ok(v: Volunteer, task: TaskSpec, now: datetime, clock: Clock | None = None) -> bool:
     """The filters that need only the index's snapshot (cheap; applied first)."""
     if not (v.active and v.subscribed):
         return False
     if task.kind not in v.kinds:
         return False
-    if task.required_skills and missing_skills(
-        v.certs, task.required_skills, task.starts_at.astimezone(LOCAL_TZ).date()
-    ):
+    clock = clock or Clock.of(task, now)
+    if task.required_skills and missing_skills(v.certs, task.required_skills, clock.task_day):
         return False
-    return task.emergency or not in_quiet_hours(v.quiet, now)
+    return task.emergency or not in_quiet_hours(v.quiet, now, minute=clock.minute)
 
 
 def facts_ok(v: Volunteer, f: Facts, task: TaskSpec, policy: DispatchPolicy) -> bool:
@@ -181,7 +192,8 @@ def facts_ok(v: Volunteer, f: Facts, task: TaskSpec, policy: DispatchPolicy) -> 
     if any(overlaps(s, e, task.starts_at, task.ends_at) for s, e in f.busy):
         return False
     cap = v.weekly_cap_hours if v.weekly_cap_hours is not None else policy.weekly_cap_hours
-    return week_hours(f.load, task.starts_at) + task.hours <= cap + 1e-9
+    load = week_hours(f.load, task.starts_at) if f.load else 0.0
+    return load + task.hours <= cap + 1e-9
 
 
 def eligible(v: Volunteer, f: Facts, task: TaskSpec, policy: DispatchPolicy, now: datetime) -> bool:
@@ -198,7 +210,9 @@ def fairness(f: Facts) -> float:
 
 def reliability(f: Facts) -> float:
     """Mean of accept rate and show-up rate, each smoothed so a newcomer sits at 0.5."""
-    accept = (f.accepts + 1) / (f.offers + 2)
+    # clamped: the search bounds rely on every soft component lying in [0, 1], even when a
+    # record is inconsistent (more accepts than offers)
+    accept = min(1.0, (f.accepts + 1) / (max(f.offers, f.accepts) + 2))
     show = (f.shows + 1) / (f.shows + f.no_shows + 2)
     return (accept + show) / 2
 
@@ -221,8 +235,12 @@ def max_bonus(task: TaskSpec, policy: DispatchPolicy) -> float:
     """The most any person's soft rules can subtract from their key (for search bounds)."""
     if task.emergency:
         return 0.0
-    w = policy.w_fairness + policy.w_reliability + policy.w_continuity + policy.w_locality
-    return policy.distance_band_m * max(0.0, w)
+    # continuity can only score when the task names a beneficiary: a tighter bound means a
+    # smaller search
+    weights = [policy.w_fairness, policy.w_reliability, policy.w_locality]
+    if task.beneficiary:
+        weights.append(policy.w_continuity)
+    return max(0.0, policy.distance_band_m) * sum(max(0.0, w) for w in weights)
 
 
 def bonus_parts(
@@ -270,8 +288,9 @@ def brute_force(
     answer is the same as computing the geodesic for everyone, only cheaper.
     """
     out: list[Ranked] = []
+    clock = Clock.of(task, now)
     for v in volunteers:
-        if not static_ok(v, task, now):
+        if not static_ok(v, task, now, clock):
             continue
         if haversine_m(task.lat, task.lng, v.lat, v.lng) * HAVERSINE_LOWER > radius_m:
             continue
