@@ -34,8 +34,8 @@ log = logging.getLogger(__name__)
 HERE = Path(__file__).parent
 JINJA = web.AppKey("console_jinja", jinja2.Environment)
 KIND = web.AppKey("console_kind", str)  # "console" | "volunteer"
-WS = "redgrid_web_session"
-FORM = "redgrid_form"
+WS = web.RequestKey("redgrid_web_session", object)  # WebSession | None
+FORM = web.RequestKey("redgrid_form", object)  # the parsed POST form
 COOKIE = {"console": "rg_console", "volunteer": "rg_v"}
 MAX_UPLOAD = 5 * 1024 * 1024  # a roster of a few thousand rows is well under 1 MB
 # Nothing remote, ever: pages may load only what this server serves.

@@ -346,10 +346,6 @@ def import_upload(ctx: Ctx, session: Session, scope: Scope) -> web.StreamRespons
     filename, data = upload
     report = roster.import_volunteers(session, data=data, filename=str(filename), actor_id=scope.person_id,
                                       scope_path=scope.path, now=ctx.now, tz=ctx.settings.tz)
-    if not report.ok:
-        # nothing was written; roll back anyway, so a partial flush can never survive
-        session.rollback()
-        session.begin()
     return render(ctx, "import.html", http_status=200 if report.ok else 422, report=report, filename=str(filename),
                   nav="people", **_base(ctx, session, scope))
 
