@@ -82,7 +82,7 @@ def person(
     p = Person(
         name=name,
         openid=f"o-{name}-{lat:.5f}-{lng:.5f}",
-        phone="13812345678",
+        phone=kw.pop("phone", "13812345678"),
         is_volunteer=kw.pop("is_volunteer", True),
         status=kw.pop("status", PersonStatus.active),
         lat=lat,
