@@ -14,6 +14,21 @@ from models.settings import Settings
 log = logging.getLogger(__name__)
 
 
+class RedGridWorker(Worker):
+    """rq's Worker, with a pubsub thread that notices a stop within a second.
+
+    rq polls its command channel with ``sleep_time=60`` and redis-py's ``stop()`` joins that
+    thread, so a burst worker could take a minute to exit after its last job.
+    """
+
+    def subscribe(self) -> None:
+        self.pubsub = self.connection.pubsub()
+        self.pubsub.subscribe(**{self.pubsub_channel_name: self.handle_payload})
+        self.pubsub_thread = self.pubsub.run_in_thread(
+            sleep_time=1, daemon=True, exception_handler=self._pubsub_exception_handler
+        )
+
+
 def run_worker(settings: Settings, *, burst: bool = False, name: str | None = None) -> bool:
     # No socket timeout on the worker's own connection: it blocks on BLPOP between jobs.
     connection = connect_redis(settings, socket_timeout=None)
@@ -21,7 +36,7 @@ def run_worker(settings: Settings, *, burst: bool = False, name: str | None = No
     on_start = _startup_hooks()
     for hook in on_start:
         hook()
-    worker = Worker([queues.queue(q, connection) for q in queues.ALL], connection=connection, name=name)
+    worker = RedGridWorker([queues.queue(q, connection) for q in queues.ALL], connection=connection, name=name)
     return bool(worker.work(burst=burst, with_scheduler=True, logging_level="INFO"))
 
 

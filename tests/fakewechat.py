@@ -368,3 +368,154 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+# --- helpers for tests of jobs/ (fixtures are imported by the test modules) ------------------
+
+try:
+    import pytest
+except ImportError:  # running as a plain server process
+    pytest = None  # type: ignore[assignment]
+
+
+class Clock:
+    """The jobs' clock in tests (``rt.extras["clock"]``): starts at the real now, moves on demand."""
+
+    def __init__(self) -> None:
+        from models.db import utcnow
+
+        self.now = utcnow().replace(microsecond=0)
+
+    def __call__(self) -> Any:
+        return self.now
+
+    def advance(self, **delta: float) -> Any:
+        from datetime import timedelta
+
+        self.now += timedelta(**delta)
+        return self.now
+
+    def set(self, when: Any) -> Any:
+        self.now = when
+        return self.now
+
+
+def run_due(connection: Any, until: Any) -> list[str]:
+    """Move every scheduled job due by ``until`` (aware) to its queue: time passing, for RQ."""
+    from rq.job import Job
+
+    from jobs import queues
+
+    moved: list[str] = []
+    for name in queues.ALL:
+        q = queues.queue(name, connection)
+        reg = q.scheduled_job_registry
+        for job_id in reg.get_jobs_to_schedule(int(until.timestamp())):
+            job = Job.fetch(job_id, connection=connection)
+            reg.remove(job)
+            q.enqueue_job(job)
+            moved.append(job_id)
+    return moved
+
+
+def work(connection: Any) -> None:
+    """Run every queued job in this process with a real RQ worker (burst: until empty)."""
+    from rq import SimpleWorker
+
+    from jobs import queues
+
+    class _Worker(SimpleWorker):
+        def subscribe(self) -> None:  # no command channel: rq's 60 s pubsub poll delays exit
+            pass
+
+        def unsubscribe(self) -> None:
+            pass
+
+    w = _Worker([queues.queue(q, connection) for q in queues.ALL], connection=connection)
+    w.work(burst=True, with_scheduler=False, logging_level="WARNING")
+
+
+def scheduled(connection: Any) -> dict[str, Any]:
+    """job id -> scheduled time (aware UTC) over all queues."""
+    from jobs import queues
+
+    out: dict[str, Any] = {}
+    for name in queues.ALL:
+        reg = queues.queue(name, connection).scheduled_job_registry
+        for job_id in reg.get_job_ids():
+            out[job_id] = reg.get_scheduled_time(job_id)
+    return out
+
+
+if pytest is not None:
+
+    @pytest.fixture(scope="session")
+    def fake_server() -> Any:
+        server = FakeWeChat(appid="wx1234567890abcdef", secret="test-secret").start()
+        yield server
+        server.stop()
+
+    @pytest.fixture
+    def fake(fake_server: FakeWeChat) -> Any:
+        fake_server.reset()
+        fake_server.state.token_grace_s = 300.0
+        fake_server.state.window_limit = 20
+        yield fake_server
+        fake_server.reset()
+
+    @pytest.fixture
+    def jobrt(settings: Any, sessions: Any, engine: Any, redis_client: Any, fake: FakeWeChat) -> Any:
+        """A job runtime on the test database and Redis, WeChat at the fake, a movable clock."""
+        from jobs.runtime import Runtime, use_runtime
+
+        s = settings.model_copy(update={
+            "wechat_api_base": fake.base_url,
+            "broadcast_rate_per_s": 10_000.0,
+            "wechat_timeout_s": 2.0,
+        })
+        rt = Runtime(settings=s, engine=engine, sessions=sessions, redis=redis_client)
+        rt.extras["clock"] = Clock()
+        use_runtime(rt)
+        yield rt
+        use_runtime(None)
+
+
+def make_grid(session: Any, *, name: str = "东丰村第3网格", code: str | None = None, parent: Any = None,
+              level: str = "grid") -> Any:
+    from models.tables import GridUnit, Level
+
+    unit = GridUnit(code=code or f"G{secrets.token_hex(4)}", name=name, level=Level(level),
+                    parent_id=parent.id if parent is not None else None, lat=29.29, lng=120.23, h3="88309a4c1bfffff")
+    session.add(unit)
+    session.flush()
+    unit.path = f"{parent.path if parent is not None else '/'}{unit.id}/"
+    session.add(unit)
+    session.flush()
+    return unit
+
+
+def make_person(session: Any, *, openid: str | None, last: Any = None, grid: Any = None, volunteer: bool = True,
+                coordinator_scope: Any = None, name: str = "王丽", status: str = "active") -> Any:
+    from models.tables import Person, PersonStatus
+
+    p = Person(openid=openid, name=name, is_volunteer=volunteer, home_grid_id=grid.id if grid is not None else None,
+               is_coordinator=coordinator_scope is not None,
+               coordinator_scope_id=coordinator_scope.id if coordinator_scope is not None else None,
+               status=PersonStatus(status), last_interaction_at=last)
+    session.add(p)
+    session.flush()
+    return p
+
+
+def make_shift(session: Any, *, grid: Any, starts_at: Any, hours: float = 1.5, title: str = "爱心冰柜补货",
+               place: str = "东丰村", slots: int = 2) -> Any:
+    from datetime import timedelta
+
+    from models.tables import Task, TaskKind, TaskMode
+
+    t = Task(kind=TaskKind.fridge_restock, mode=TaskMode.signup, title=title, place=place, lat=29.29, lng=120.23,
+             h3="88309a4c1bfffff", grid_id=grid.id, starts_at=starts_at, ends_at=starts_at + timedelta(hours=hours),
+             slots=slots)
+    session.add(t)
+    session.flush()
+    return t
