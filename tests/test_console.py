@@ -339,11 +339,11 @@ async def test_task_page_shows_who_is_on_it_with_masked_phones(client, sessions,
 
 async def test_approve_suspend_and_roles_are_audited(client, sessions, world) -> None:  # type: ignore[no-untyped-def]
     token = await login(client, "coord-a")
-    status, html, _ = await post(client, f"/console/people/{world.pending_a}/status", token, action="approve")
+    _, html, _ = await post(client, f"/console/people/{world.pending_a}/status", token, action="approve")
     assert "已通过审核" in html
     await post(client, f"/console/people/{world.vol_a[0]}/status", token, action="suspend")
     await post(client, f"/console/people/{world.vol_a[2]}/roles", token, volunteer="1", grid_worker="1")
-    status, html, _ = await post(client, f"/console/people/{world.coord_a}/status", token, action="suspend")
+    _status, html, _ = await post(client, f"/console/people/{world.coord_a}/status", token, action="suspend")
     assert "不能修改自己的状态" in html
     with sessions() as s:
         assert s.get(Person, world.pending_a).status == PersonStatus.active
