@@ -207,7 +207,8 @@ def plan_send(connection: redis.Redis, delivery_id: int, at: datetime | None = N
         existing.cancel()
         existing.delete()
     retry = Retry(max=3, interval=[5, 30, 120])  # for crashes (DB down); WeChat errors are ours
-    if at is not None and at > utcnow():
+    if at is not None:
+        # even a moment already past goes through the scheduler: "due" is the scheduler's call
         q.enqueue_at(at, SEND, delivery_id, job_id=job_id, retry=retry)
     else:
         q.enqueue(SEND, delivery_id, job_id=job_id, retry=retry)

@@ -1,3 +1,4 @@
+# ruff: noqa: F811  (pytest fixtures imported from tests.fakewechat are redefined as arguments)
 """Issue 5: one outbound channel, the 48-hour rule, sent once, and the WeChat error policy.
 
 Every test runs jobs through a real RQ worker (``SimpleWorker``, burst) on real Redis against
