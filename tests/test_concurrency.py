@@ -14,10 +14,10 @@ from collections import Counter
 from datetime import timedelta
 
 import pytest
+from dispatch_world import NOW, assign, build_world, person, task
 from sqlalchemy.engine import Engine
 from sqlmodel import select
 
-from dispatch_world import NOW, assign, build_world, person, task
 from dispatcher import services
 from dispatcher.effects import Effects
 from models.tables import Assignment, AssignmentStatus, Task, TaskStatus
