@@ -148,6 +148,3 @@ def report_title(category: str, text: str) -> str:
     short = text if len(text) <= 30 else text[:29] + "…"
     return f"{category}：{short}" if short else category
 
-
-def shift_opened_again(*, task_id: int, title: str) -> str:
-    return f"「{title}」（T{task_id}）有名额空出，回复「报名 {task_id}」即可报名。"

@@ -46,8 +46,6 @@ class DispatchPolicy(BaseModel):
     w_locality: float = 0.5
     # the index's H3 resolution (8: ~0.74 km² cells, a few dozen volunteers each)
     index_h3_res: int = 8
-    # how long an index snapshot is trusted before a watermark refresh (seconds)
-    index_refresh_s: int = 30
     # check-in/out: the window opens this long before the start; a location within this
     # distance of the task confirms it; credited hours are capped at the task's length + extra
     checkin_early_s: int = 3600
