@@ -118,7 +118,7 @@ def read_table(data: bytes, filename: str) -> list[dict[str, str]]:
     missing = [FIELD_LABEL[f] for f in ("name", "phone", "grid_code") if f not in header]
     if missing:
         raise RosterFileError("缺少列：" + "、".join(missing))
-    out = []
+    out: list[dict[str, str]] = []
     for raw in rows[1:]:
         cells = [("" if c is None else str(c)).strip() for c in raw]
         if not any(cells):
@@ -305,7 +305,7 @@ def import_volunteers(session: Session, *, data: bytes, filename: str, actor_id:
         report.errors.append(RowError(1, "file", "文件里没有志愿者"))
         return report
     result = session.execute(
-        insert(Person).returning(Person.id, sort_by_parameter_order=True),
+        insert(Person).returning(Person.id, sort_by_parameter_order=True),  # type: ignore[call-overload]
         [{"openid": v.openid, "name": v.name, "phone": v.phone, "is_volunteer": True, "is_grid_worker": False,
           "is_coordinator": False, "coordinator_scope_id": None, "home_grid_id": v.grid.id,
           "lat": v.grid.lat, "lng": v.grid.lng, "h3": cell(v.grid.lat, v.grid.lng), "share_live_location": False,
@@ -363,7 +363,7 @@ def hours_by_town(session: Session, *, month: str, scope_path: str | None, tz: s
     counted), credited to each volunteer's home town; phones masked."""
     start, end = month_bounds(month, tz)
     stmt = (
-        select(Person.id, Person.name, Person.phone, GridUnit.path, Assignment.hours)
+        select(Person.id, Person.name, Person.phone, GridUnit.path, Assignment.hours)  # type: ignore[call-overload]
         .join(Person, col(Person.id) == col(Assignment.person_id))
         .join(GridUnit, col(GridUnit.id) == col(Person.home_grid_id), isouter=True)
         .where(Assignment.status == AssignmentStatus.completed, col(Assignment.checked_out_at) >= start,

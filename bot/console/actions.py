@@ -111,6 +111,8 @@ def parse_task_form(form: Mapping[str, Any], *, tz: ZoneInfo) -> tuple[TaskInput
         err["grid_id"] = "请选择所属网格"
         grid_id = 0
     starts_at = ends_at = None
+    t1: time | None
+    t2: time | None
     try:
         day = date.fromisoformat(str(form.get("date", "")).strip())
     except ValueError:

@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo
 import jinja2
 import redis
 from aiohttp import web
-from multidict import MultiDict, MultiDictProxy
+from multidict import MultiDict, MultiDictProxy, MultiMapping
 from sqlalchemy.orm import sessionmaker
 from sqlmodel import Session
 
@@ -83,9 +83,9 @@ def make_env(tz: str, *, static_prefix: str = "/console/static") -> jinja2.Envir
     env.globals["static_url"] = lambda name: f"{static_prefix}/{name}"
     env.filters.update(
         local=local, age=age, mask=lambda p: mask_phone(p) or "未留", recurrence=recurrence,
-        kind=lambda k: KIND_NAMES.get(getattr(k, "value", k), str(k)),
-        status=lambda s: STATUS_LABEL.get(getattr(s, "value", s), str(s)),
-        urgency=lambda u: URGENCY_LABEL.get(getattr(u, "value", u), str(u)),
+        kind=lambda k: KIND_NAMES.get(str(getattr(k, "value", k)), str(k)),
+        status=lambda s: STATUS_LABEL.get(str(getattr(s, "value", s)), str(s)),
+        urgency=lambda u: URGENCY_LABEL.get(str(getattr(u, "value", u)), str(u)),
         val=lambda e: getattr(e, "value", e),
     )
     return env
@@ -102,7 +102,7 @@ class Ctx:
     env: jinja2.Environment
     kind: str
     ws: WebSession | None
-    query: MultiDictProxy[str]
+    query: MultiMapping[str]
     match: Mapping[str, str]
     form: Mapping[str, Any]
     path: str
@@ -194,7 +194,7 @@ async def read_form(request: web.Request) -> Mapping[str, Any]:
     """The POSTed form: urlencoded through aiohttp (small), multipart streamed with our own cap
     (the app's body limit is sized for WeChat's XML, not for a roster upload)."""
     if FORM in request:
-        return request[FORM]  # type: ignore[no-any-return]
+        return request[FORM]  # type: ignore[index, return-value]
     form: Mapping[str, Any]
     if request.content_type == "multipart/form-data":
         out: MultiDict[Any] = MultiDict()

@@ -10,7 +10,7 @@ from aiohttp import web
 from sqlmodel import Session, col, select
 
 from bot.console import actions, queries
-from bot.console.auth import authenticate
+from bot.console.auth import WebSession, authenticate
 from bot.console.base import (
     WS,
     Ctx,
@@ -61,7 +61,7 @@ async def login_form(request: web.Request) -> web.StreamResponse:
     if ws is not None and ws.person_id is not None:
         return web.Response(status=303, headers={"Location": "/console/"})
     store = session_store(request)
-    new = ws or await asyncio.to_thread(store.create, person_id=None)
+    new: WebSession = ws if ws is not None else await asyncio.to_thread(store.create, person_id=None)
     request[WS] = new
     ctx = await make_ctx(request)
     resp = render(ctx, "login.html", error="", login="")

@@ -51,7 +51,7 @@ def _towns(session: Session) -> dict[int, str]:
 
 
 def _unit_paths(session: Session, scope: Scope) -> dict[int, str]:
-    return {int(i): p for i, p in session.exec(
+    return {int(i or 0): p for i, p in session.exec(
         select(GridUnit.id, GridUnit.path).where(col(GridUnit.path).startswith(scope.path)))}
 
 
@@ -135,7 +135,7 @@ def dashboard_map(session: Session, scope: Scope, *, now: datetime, settings: Se
                            Task.status == TaskStatus.open, Task.ends_at > now)
     ).all()
     tasks += [svg.Point(t.lat, t.lng, t.title, "task_short") for t in dispatch]
-    aed_in = col(AED.grid_id).in_(scope.units())
+    aed_in: Any = col(AED.grid_id).in_(scope.units())
     if scope.city_wide:
         aed_in = or_(aed_in, col(AED.grid_id).is_(None))
     aeds = [svg.Point(a.lat, a.lng, a.name, "aed") for a in session.exec(select(AED).where(aed_in))]
@@ -291,6 +291,8 @@ def hours_per_month(session: Session, scope: Scope, *, now: datetime, tz: ZoneIn
     ).all()
     sums: dict[str, float] = defaultdict(float)
     for at, hours in rows:
+        if at is None:
+            continue
         sums[_month_key(at, tz)] += float(hours or 0)
     return [(m, round(sums.get(m, 0.0), 1)) for m in months]
 
