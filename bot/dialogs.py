@@ -372,6 +372,7 @@ def rep_step(turn: Turn, d: Dialog) -> str:
                 headcount=d.data["headcount"],
                 needed_by=when.astimezone(UTC),
                 now=turn.now,
+                policy=turn.settings.dispatch,
             )
             turn.finish()
             return copy.REP_DONE.format(id=report.id)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from datetime import datetime
+from datetime import datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 import redis
@@ -25,7 +25,7 @@ from bot.state import Dialog, DialogStore, Listing
 from bot.views import age_label, clip, fit, hours_label, when_label
 from dispatcher import aed as aed_rank
 from dispatcher.effects import Effects
-from dispatcher.geo import format_distance, tencent_map_link
+from dispatcher.geo import format_distance, haversine_m, tencent_map_link
 from dispatcher.services import StatusView
 from models.db import transaction, utcnow
 from models.outbox import queue_message
@@ -38,6 +38,7 @@ PAGE = 5  # shifts per page: five lines with distances fit well inside one reply
 VOLUNTEER_CMDS = {Cmd.shifts, Cmd.more, Cmd.signup, Cmd.cancel, Cmd.accept, Cmd.decline,
                   Cmd.checkin, Cmd.checkout, Cmd.mine}  # fmt: skip
 CMD_WORD = {Cmd.broadcast: "广播", Cmd.status: "状态", Cmd.report: "上报"}
+INTERACTION_RESOLUTION = timedelta(minutes=1)  # how stale Person.last_interaction_at may be
 
 
 class Conversation:
@@ -100,10 +101,17 @@ class Conversation:
         if person is None:
             person = Person(openid=inbound.user, status=PersonStatus.pending, subscribed=True)
         if not (inbound.kind == "event" and inbound.event == "unsubscribe"):
-            person.last_interaction_at = now
-            person.subscribed = True
-        session.add(person)
-        session.flush()
+            # Rewritten only when it moved by a minute: most messages then write nothing, and
+            # a read-only transaction commits without a disk flush (bench/README.md, Webhook).
+            # The 48-hour window is judged at most a minute short: never a send outside it.
+            last = person.last_interaction_at
+            if last is None or not (timedelta(0) <= now - last < INTERACTION_RESOLUTION):
+                person.last_interaction_at = now
+            if not person.subscribed:
+                person.subscribed = True
+        if person.id is None:
+            session.add(person)
+            session.flush()
         if person.id is not None and inbound.event != "unsubscribe":
             from jobs.outbound import release_deferred
 
@@ -249,13 +257,17 @@ class Conversation:
             lines += copy.HELP_LINES["coordinator"]
         return "\n".join([copy.HELP_HEAD, *lines, copy.HELP_TAIL])
 
-    def _task_ref(self, turn: Turn, ref: Ref, kinds: tuple[str, ...]) -> int | None:
+    def _task_ref(self, turn: Turn, ref: Ref, kinds: tuple[str, ...]) -> int:
         """A list position from the last list shown, else (or with a T) a task id."""
         listing = self.store.load_listing(turn.inbound.user)
-        if not ref.is_task_id and listing is not None and listing.kind in kinds:
-            if 1 <= ref.number <= len(listing.task_ids):
-                return listing.task_ids[ref.number - 1]
-            return None
+        if (
+            not ref.is_task_id
+            and listing is not None
+            and listing.kind in kinds
+            and 1 <= ref.number <= len(listing.task_ids)
+        ):
+            return listing.task_ids[ref.number - 1]
+        # beyond the list: a task id, as messages say it ("取消 1024" after a promotion)
         return ref.number
 
     def _signup_or_cancel(self, turn: Turn, parsed: Parsed) -> str:
@@ -267,11 +279,9 @@ class Conversation:
             return copy.PICK_NUMBER.format(cmd=word, list_cmd=list_cmd)
         kinds = ("shifts",) if parsed.cmd == Cmd.signup else ("mine", "shifts")
         task_id = self._task_ref(turn, parsed.ref, kinds)
-        if task_id is None:
-            return copy.BAD_NUMBER.format(n=parsed.ref.number, list_cmd=list_cmd)
-        pid = turn.person.id
+        args = {"person_id": turn.person.id, "task_id": task_id, "now": turn.now, "policy": self.settings.dispatch}
         if parsed.cmd == Cmd.signup:
-            out = services.sign_up(turn.session, turn.fx, person_id=pid, task_id=task_id, now=turn.now)
+            out = services.sign_up(turn.session, turn.fx, **args)
             task = out.task
             if task is None:
                 return copy.BAD_NUMBER.format(n=parsed.ref.number, list_cmd=list_cmd)
@@ -293,7 +303,7 @@ class Conversation:
                     return copy.SIGNUP_SKILLS.format(skills=skills)
                 case _:
                     return copy.SIGNUP_CLOSED
-        out_c = services.cancel(turn.session, turn.fx, person_id=pid, task_id=task_id, now=turn.now)
+        out_c = services.cancel(turn.session, turn.fx, **args)
         match out_c.status:
             case "cancelled":
                 task = out_c.task
@@ -312,15 +322,16 @@ class Conversation:
         word = "接受" if parsed.cmd == Cmd.accept else "拒绝"
         if parsed.ref is None:
             return copy.PICK_NUMBER.format(cmd=word, list_cmd="我的")
-        task_id, pid = parsed.ref.number, turn.person.id
+        task_id = parsed.ref.number
+        args = {"person_id": turn.person.id, "task_id": task_id, "now": turn.now, "policy": self.settings.dispatch}
         if parsed.cmd == Cmd.decline:
-            out = services.decline_offer(turn.session, turn.fx, person_id=pid, task_id=task_id, now=turn.now)
+            out = services.decline_offer(turn.session, turn.fx, **args)
             if out.status in ("declined", "ok", "already"):
                 return copy.DECLINE_OK.format(id=task_id)
             if out.status == "expired":
                 return copy.ACCEPT_EXPIRED
             return copy.ACCEPT_NONE.format(id=task_id)
-        out = services.accept_offer(turn.session, turn.fx, person_id=pid, task_id=task_id, now=turn.now)
+        out = services.accept_offer(turn.session, turn.fx, **args)
         match out.status:
             case "accepted":
                 task = out.task
@@ -345,7 +356,9 @@ class Conversation:
     def _checkin(self, turn: Turn) -> str:
         from dispatcher import services
 
-        out = services.check_in(turn.session, turn.fx, person_id=turn.person.id, now=turn.now)
+        out = services.check_in(
+            turn.session, turn.fx, person_id=turn.person.id, now=turn.now, policy=self.settings.dispatch
+        )
         task = out.task
         if out.status in ("checked_in", "already") and task is not None:
             turn.save(Dialog("checkin_location", "location", {"task_id": task.id}))
@@ -356,7 +369,9 @@ class Conversation:
     def _checkout(self, turn: Turn) -> str:
         from dispatcher import services
 
-        out = services.check_out(turn.session, turn.fx, person_id=turn.person.id, now=turn.now)
+        out = services.check_out(
+            turn.session, turn.fx, person_id=turn.person.id, now=turn.now, policy=self.settings.dispatch
+        )
         if out.status != "checked_out":
             return copy.CHECKOUT_NONE
         return copy.CHECKOUT_OK.format(hours=hours_label(out.hours), year=hours_label(out.hours_year))
@@ -429,7 +444,8 @@ class Conversation:
 
             self.store.clear(ib.user)
             out = services.check_in(
-                turn.session, turn.fx, person_id=turn.person.id, now=turn.now, lat=ib.lat, lng=ib.lng
+                turn.session, turn.fx, person_id=turn.person.id, now=turn.now, lat=ib.lat, lng=ib.lng,
+                policy=self.settings.dispatch,
             )
             if out.status == "too_far" and out.distance_m is not None:
                 turn.save(dialog)
@@ -463,7 +479,7 @@ class Conversation:
         ).all()
         points = [aed_rank.AEDPoint(a.id or 0, a.name, a.lat, a.lng, a.hours, True) for a in rows]
         local = turn.now.astimezone(self.tz).time()
-        hits = aed_rank.nearest(points, lat, lng, local, k=3)
+        hits = aed_rank.nearest(_aed_candidates(points, lat, lng, local, k=3), lat, lng, local, k=3)
         if not hits:
             return copy.AED_NONE + "\n" + copy.AED_TAIL
         lines = []
@@ -542,6 +558,29 @@ class Conversation:
             lines.append(copy.STATUS_NO_UNFILLED)
         lines.append(copy.STATUS_TODAY.format(n=len(view.today), checked_in=sum(t.checked_in for t in view.today)))
         return lines
+
+
+def _aed_candidates(points: list[aed_rank.AEDPoint], lat: float, lng: float, at: time,
+                    k: int) -> list[aed_rank.AEDPoint]:
+    """The few AEDs that can make the top ``k``, so only they get the (slow) geodesic.
+
+    ``nearest`` ranks open ones first unless a closed one is 3x closer, so its top k always
+    lie among the k nearest open and the k nearest closed. Haversine orders within 0.5% of the
+    geodesic: anything within 1% of each group's k-th haversine distance is kept.
+    """
+    if len(points) <= 2 * k:
+        return points
+    keep: list[aed_rank.AEDPoint] = []
+    for group in (
+        [p for p in points if aed_rank.is_open(p.hours, at)],
+        [p for p in points if not aed_rank.is_open(p.hours, at)],
+    ):
+        ranked = sorted(((haversine_m(lat, lng, p.lat, p.lng), p) for p in group), key=lambda dp: dp[0])
+        if len(ranked) > k:
+            edge = ranked[k - 1][0] * 1.01 + 1.0
+            ranked = [dp for dp in ranked if dp[0] <= edge]
+        keep += [p for _d, p in ranked]
+    return keep
 
 
 def build_handler(app: web.Application) -> Conversation:
