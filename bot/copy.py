@@ -137,6 +137,7 @@ MINE_HEAD = "您的安排："
 MINE_NONE = "您目前没有安排。回复「班次」看看附近需要人手的服务。"
 MINE_OFFERS = "待回复的任务邀请："
 MINE_HOURS = "今年累计服务 {hours} 小时。"
+MINE_LINK = '<a href="{url}">在手机页面查看和管理我的班次</a>'
 MINE_TAIL = "回复「取消 1」可取消对应的班次。"
 ASSIGNMENT_LABEL = {"accepted": "已确认", "waitlisted": "候补第{pos}位", "checked_in": "已签到"}
 

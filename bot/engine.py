@@ -420,14 +420,18 @@ class Conversation:
             f"T{t.id} {t.title} · {when_label(t.starts_at, t.ends_at, turn.now, self.tz)}（回复「接受 {t.id}」）"
             for _a, t in s.offers
         ]
+        from bot.console.volunteer import volunteer_link
+
+        link = copy.MINE_LINK.format(url=volunteer_link(self.settings, person_id=turn.person.id or 0))
         if not lines and not offer_lines:
-            return copy.MINE_NONE + "\n" + copy.MINE_HOURS.format(hours=hours_label(s.hours_year))
+            return "\n".join([copy.MINE_NONE, copy.MINE_HOURS.format(hours=hours_label(s.hours_year)), link])
         body = []
         if lines:
             body += [copy.MINE_HEAD, *lines]
         if offer_lines:
             body += [copy.MINE_OFFERS, *offer_lines]
         tail = copy.MINE_HOURS.format(hours=hours_label(s.hours_year)) + ("\n" + copy.MINE_TAIL if lines else "")
+        tail += "\n" + link
         self.store.save_listing(turn.inbound.user, Listing("mine", ids))
         text, _ = fit("", body, tail)
         return text

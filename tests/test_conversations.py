@@ -272,3 +272,13 @@ async def test_same_message_three_times_one_effect(settings, server, world, sess
         assert t is not None and t.accepted_count == 1
         rows = s.exec(select(Assignment).where(Assignment.task_id == world.shift_near)).all()
         assert [(a.person_id, a.status) for a in rows] == [(world.volunteer, "accepted")]
+
+
+async def test_mine_carries_a_signed_link_to_the_volunteer_pages(settings, server, world) -> None:  # type: ignore[no-untyped-def]
+    from bot.console.volunteer import read_link
+
+    v = sim(settings, server, "demo-volunteer")
+    mine = await say(v, "我的")
+    url = mine.split('<a href="', 1)[1].split('"', 1)[0]
+    assert url.startswith(settings.public_base_url)
+    assert read_link(settings, url.rsplit("/", 1)[1]) == world.volunteer
