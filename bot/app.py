@@ -42,6 +42,10 @@ class Metrics:
             "redgrid_wechat_messages", "WeChat messages handled", ["kind", "outcome"], registry=self.registry
         )
 
+    def observe(self, route: str, status: int, seconds: float) -> None:
+        self.requests.labels(route=route, status=str(status)).inc()
+        self.latency.labels(route=route).observe(seconds)
+
 
 async def _database(app: web.Application) -> AsyncIterator[None]:
     engine = make_engine(app[SETTINGS])
@@ -90,10 +94,13 @@ def create_app(settings: Settings, *, handler_factory: HandlerFactory | None = N
     """The web app; ``handler_factory`` builds the conversation handler (default: the engine's
     ``bot.engine.build_handler``) once the database and Redis are up."""
     from bot import console, webhook  # imported here: they import this module's keys
+    from bot.logs import ON_REQUEST_DONE, request_logger
 
-    app = web.Application(client_max_size=settings.max_body_bytes)
+    # one structured log line per request (bot/logs.py), which also feeds the HTTP metrics
+    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[request_logger])
     app[SETTINGS] = settings
     app[METRICS] = Metrics()
+    app[ON_REQUEST_DONE] = app[METRICS].observe
     app[LATE_TASKS] = set()
     app.cleanup_ctx.append(_database)
     app.cleanup_ctx.append(_redis)

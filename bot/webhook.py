@@ -10,7 +10,14 @@ parsed and deduped here; the engine sees only an ``Inbound``. Rules honoured:
   (SET NX EX) and stores its reply there, so every retry gets the same reply and the
   handler runs once; a retry that arrives mid-processing waits briefly for it;
 - refusals are 4xx with one log line, never a 500 (WeChat would tell the user the account
-  is out of service); an engine error becomes a short apology.
+  is out of service); an engine error becomes a short apology;
+- one noisy account cannot slow the others: past ``ratelimit_messages`` per
+  ``ratelimit_window_s`` an openid gets a short notice and the engine does not run (the
+  notice is stored as the reply, so WeChat's retries of it get the same and count once).
+
+The edge's own Redis work (claim the dedupe key and take a rate-limit token: one round trip,
+one Lua script; store the reply; a retry's polls) goes through an asyncio Redis client, so
+the handler's thread pool is left to the engine.
 """
 
 from __future__ import annotations
@@ -20,25 +27,59 @@ import inspect
 import json
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import redis
+import redis.asyncio as aredis
 from aiohttp import web
 
 from bot import wechat
-from bot.app import METRICS, REDIS, SETTINGS
+from bot.app import METRICS, SETTINGS
 from bot.handler import HANDLER, LATE_TASKS, Handler, HandlerFactory
 from bot.inbound import Inbound
+from bot.logs import OPENID, mask_openid
 from models.exceptions import BadMessage, BadSignature
+from models.redisconn import redis_url
 
 log = logging.getLogger(__name__)
 
 APOLOGY = "抱歉，系统开小差了，请稍后再试。"
+TOO_FAST = "您发送得太快了，请稍等片刻再试。"
 _POLL_S = 0.05  # how often a retry looks for the first arrival's reply
 _LATE_DRAIN_S = 10.0  # on shutdown, how long late answers may still take
 _REDIS_S = 1.0  # per dedupe call
 
-__all__ = ["APOLOGY", "Handler", "HandlerFactory", "add_routes", "handler_ctx"]
+# The webhook's asyncio Redis client and the engine's thread pool (see handler_ctx).
+EDGE_REDIS = web.AppKey("edge_redis", aredis.Redis)
+POOL = web.AppKey("handler_pool", ThreadPoolExecutor)
+
+# Events that change what we may send a person are never rate-limited or dropped.
+_NEVER_LIMITED = frozenset({"subscribe", "unsubscribe"})
+
+# KEYS[1] dedupe key, KEYS[2] the openid's rate key; ARGV: pending marker, dedupe ttl (s),
+# limit (0: off), window (ms). Returns -1: a duplicate; 1: first arrival, within the limit;
+# 0: first arrival, over it. The limit is a token bucket kept as a "theoretical arrival time"
+# (GCRA): ``limit`` messages at once, then one per window/limit; a refused message does not
+# move it, so a person who slows down is served again at once. Redis TIME keeps every web
+# process on one clock.
+_CLAIM_LUA = """
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', tonumber(ARGV[2])) then return -1 end
+local limit = tonumber(ARGV[3])
+if limit <= 0 or KEYS[2] == '' then return 1 end
+local window = tonumber(ARGV[4])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local interval = window / limit
+local tat = tonumber(redis.call('GET', KEYS[2]) or '0')
+if tat < now then tat = now end
+local new = tat + interval
+if new - now > window then return 0 end
+redis.call('SET', KEYS[2], string.format('%d', new), 'PX', math.ceil(window))
+return 1
+"""
+
+__all__ = ["APOLOGY", "TOO_FAST", "Handler", "HandlerFactory", "add_routes", "handler_ctx"]
 
 
 def add_routes(app: web.Application) -> None:
@@ -50,6 +91,15 @@ def handler_ctx(factory: HandlerFactory | None):  # type: ignore[no-untyped-def]
     """A cleanup_ctx that builds the handler (after the database and Redis contexts)."""
 
     async def ctx(app: web.Application):  # type: ignore[no-untyped-def]
+        settings = app[SETTINGS]
+        # Short timeouts: the edge answers without Redis rather than wait on it.
+        app[EDGE_REDIS] = aredis.Redis.from_url(
+            redis_url(settings), socket_timeout=_REDIS_S, socket_connect_timeout=_REDIS_S,
+            health_check_interval=30,
+        )
+        # The engine's own pool (not the loop's default one, which getaddrinfo and others
+        # share): its size bounds how many messages touch the database at once.
+        app[POOL] = ThreadPoolExecutor(max_workers=settings.web_threads, thread_name_prefix="engine")
         if factory is None:
             # imported here: the engine is optional for the adapter (tests pass a stub)
             from bot.engine import build_handler
@@ -70,6 +120,8 @@ def handler_ctx(factory: HandlerFactory | None):  # type: ignore[no-untyped-def]
             result = close()
             if inspect.isawaitable(result):
                 await result
+        app[POOL].shutdown(wait=False, cancel_futures=True)
+        await app[EDGE_REDIS].aclose()
 
     return ctx
 
@@ -122,6 +174,7 @@ async def _post(request: web.Request) -> web.StreamResponse:
     except BadMessage as exc:
         return _refuse(request, 400, exc)
 
+    request[OPENID] = mask_openid(inbound.user)
     try:
         reply, outcome = await _answer(app, wechat.dedupe_key(envelope.fields), inbound)
     except Exception:
@@ -170,12 +223,23 @@ def _refuse(request: web.Request, status: int, exc: Exception) -> web.Response:
 async def _answer(app: web.Application, key: str, inbound: Inbound) -> tuple[str | None, str]:
     """The reply (None: "success") and an outcome label for the metrics."""
     settings = app[SETTINGS]
-    client = app[REDIS]
-    # SET NX answers True when we are first, None when the key exists
-    claimed = await _redis(client.set, key, _pending(), nx=True, ex=settings.dedupe_ttl_s)
-    if claimed is None:
+    client = app[EDGE_REDIS]
+    limited = not (inbound.kind == "event" and inbound.event in _NEVER_LIMITED)
+    rate_key = f"rl:{inbound.user}" if limited and settings.ratelimit_messages > 0 else ""
+    claimed = await _redis(
+        client.eval, _CLAIM_LUA, 2, key, rate_key, _pending(), settings.dedupe_ttl_s,
+        settings.ratelimit_messages, int(settings.ratelimit_window_s * 1000),
+    )
+    if claimed == -1:
         return await _wait_for_first(client, key, settings.reply_budget_s), "duplicate"
-    # claimed is True, or _FAILED (Redis away: answer anyway; a retry may run twice)
+    if claimed == 0:
+        # over the limit: no engine; an event that expects no answer is dropped quietly
+        notice = TOO_FAST if inbound.kind != "event" or inbound.event == "click" else None
+        log.info("rate limit: %s over %d per %gs", mask_openid(inbound.user),
+                 settings.ratelimit_messages, settings.ratelimit_window_s)
+        await _redis(client.set, key, json.dumps({"s": "done", "r": notice}), xx=True, keepttl=True)
+        return notice, "limited"
+    # claimed is 1, or _FAILED (Redis away: answer anyway, unlimited; a retry may run twice)
 
     reply, outcome = await _run(app, inbound, settings.reply_budget_s)
     await _redis(client.set, key, json.dumps({"s": "done", "r": reply}), xx=True, keepttl=True)
@@ -184,11 +248,11 @@ async def _answer(app: web.Application, key: str, inbound: Inbound) -> tuple[str
 
 async def _run(app: web.Application, inbound: Inbound, budget: float) -> tuple[str | None, str]:
     handler = app[HANDLER]
-    work = asyncio.ensure_future(asyncio.to_thread(handler.handle, inbound))
+    work = asyncio.get_running_loop().run_in_executor(app[POOL], handler.handle, inbound)
     try:
         reply = await asyncio.wait_for(asyncio.shield(work), timeout=budget)
     except TimeoutError:
-        late = asyncio.create_task(_finish_late(handler, inbound, work))
+        late = asyncio.create_task(_finish_late(handler, inbound, work, app[POOL]))
         app[LATE_TASKS].add(late)
         late.add_done_callback(app[LATE_TASKS].discard)
         return None, "late"
@@ -199,7 +263,8 @@ async def _run(app: web.Application, inbound: Inbound, budget: float) -> tuple[s
     return reply, "replied" if reply else "empty"
 
 
-async def _finish_late(handler: Handler, inbound: Inbound, work: asyncio.Future[Any]) -> None:
+async def _finish_late(handler: Handler, inbound: Inbound, work: asyncio.Future[Any],
+                       pool: ThreadPoolExecutor) -> None:
     try:
         reply = _as_text(await work)
     except Exception:
@@ -208,7 +273,7 @@ async def _finish_late(handler: Handler, inbound: Inbound, work: asyncio.Future[
     if not reply:
         return
     try:
-        await asyncio.to_thread(handler.deliver_late, inbound.user, reply)
+        await asyncio.get_running_loop().run_in_executor(pool, handler.deliver_late, inbound.user, reply)
     except Exception:
         log.exception("wechat: deliver_late failed; the late answer is lost")
 
@@ -219,7 +284,7 @@ def _as_text(reply: object) -> str | None:
     return reply if isinstance(reply, str) else str(reply)
 
 
-async def _wait_for_first(client: redis.Redis, key: str, budget: float) -> str | None:
+async def _wait_for_first(client: aredis.Redis, key: str, budget: float) -> str | None:
     """A retry's reply: the first arrival's, once it is stored; "success" past the budget."""
     deadline = time.monotonic() + budget
     while True:
@@ -246,10 +311,10 @@ _FAILED = object()
 
 
 async def _redis(call: Any, *args: Any, **kwargs: Any) -> Any:
-    """A blocking Redis call off the event loop; ``_FAILED`` (logged) when Redis fails."""
+    """An asyncio Redis call; ``_FAILED`` (logged) when Redis fails."""
     try:
         # bounded well inside the 5 s budget even when Redis hangs
-        return await asyncio.wait_for(asyncio.to_thread(call, *args, **kwargs), timeout=_REDIS_S)
+        return await asyncio.wait_for(call(*args, **kwargs), timeout=_REDIS_S)
     except (redis.RedisError, OSError, TimeoutError) as exc:
         log.warning("wechat dedupe: Redis unavailable (%s); continuing without it", type(exc).__name__)
         return _FAILED

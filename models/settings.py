@@ -109,6 +109,12 @@ class Settings(BaseSettings):
     console_lockout_s: int = 15 * 60
     volunteer_link_ttl_s: int = 7 * 24 * 3600  # how long a signed /v/ link from the chat works
 
+    # webhook (bot/webhook.py): per-openid rate limit (0 messages: off), and the engine's
+    # thread pool (how many messages may be in the engine, i.e. the database, at once)
+    ratelimit_messages: int = Field(default=20, ge=0)
+    ratelimit_window_s: float = Field(default=10.0, gt=0)
+    web_threads: int = Field(default=8, ge=1, le=64)
+
     dispatch: DispatchPolicy = DispatchPolicy()
 
     @field_validator("database_url")

@@ -20,17 +20,26 @@ from models.settings import Settings, load_settings
 log = logging.getLogger("redgrid")
 
 
-def _setup_logging() -> None:
-    logging.basicConfig(
-        level=os.environ.get("LOG_LEVEL", "INFO").upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
+# The long-running processes log one JSON object per line (for a log collector); commands a
+# person runs keep the readable line. LOG_FORMAT=json|text overrides. Both are scrubbed of
+# secrets and full phone numbers (bot/logs.py).
+_JSON_LOGGING = ("web", "worker", "cron")
+
+
+def _setup_logging(command: str | None = None) -> None:
+    from bot.logs import setup_logging
+
+    fmt = os.environ.get("LOG_FORMAT", "").lower() or ("json" if command in _JSON_LOGGING else "text")
+    setup_logging(os.environ.get("LOG_LEVEL", "INFO").upper(), fmt="json" if fmt == "json" else "text",
+                  stream=sys.stderr)
 
 
 def _settings(ctx: click.Context) -> Settings:
     if ctx.obj is None:
+        from bot.logs import add_secrets, settings_secrets
+
         ctx.obj = load_settings()
+        add_secrets(settings_secrets(ctx.obj))  # from now on the log scrubs their values too
     return ctx.obj  # type: ignore[no-any-return]
 
 
@@ -38,7 +47,7 @@ def _settings(ctx: click.Context) -> Settings:
 @click.pass_context
 def cli(ctx: click.Context) -> None:
     """RedGrid: WeChat bot and grid-task dispatcher for Dongyang Red Cross."""
-    _setup_logging()
+    _setup_logging(ctx.invoked_subcommand)
 
 
 # --- database ------------------------------------------------------------------------------
