@@ -6,15 +6,27 @@ from datetime import UTC, datetime
 
 import redis
 from rq import Queue, Retry
+from rq.exceptions import NoSuchJobError
 
 from dispatcher.effects import Effects
 from jobs import queues
 
 
 def _enqueue_once(q: Queue, job_id: str, func: str, *args: object, at: datetime | None = None) -> None:
-    # A job id already waiting (queued or scheduled) means the work is already planned.
+    # A job id already waiting (queued or scheduled) means the work is already planned; a
+    # scheduled one asked for sooner (a wave everyone declined) is moved earlier, never later.
     existing = q.fetch_job(job_id)
-    if existing is not None and existing.get_status(refresh=True) in ("queued", "scheduled", "deferred", "started"):
+    status = existing.get_status(refresh=True) if existing is not None else None
+    if existing is not None and status == "scheduled":
+        registry = q.scheduled_job_registry
+        wanted = at if at is not None else datetime.now(UTC)
+        try:
+            if wanted < registry.get_scheduled_time(existing):
+                registry.schedule(existing, wanted)
+        except NoSuchJobError:
+            pass
+        return
+    if status in ("queued", "deferred", "started"):
         return
     retry = Retry(max=3, interval=[5, 30, 120])
     if at is not None and at > datetime.now(UTC):
