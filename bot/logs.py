@@ -58,6 +58,7 @@ _CRED_JSON = re.compile(
     r"aes_key|password)[\"']\s*:\s*[\"'])([^\"']+)"
 )
 # LogRecord's own attributes; anything else on a record came in through ``extra=``
+_OPENID_KV = re.compile(r"(?i)\b(openid|fromusername)=([^&\s\"',;]+)")
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
 
@@ -76,6 +77,7 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
             text = text.replace(value, "***")
     text = _CRED_KV.sub(lambda m: f"{m.group(1)}=***", text)
     text = _CRED_JSON.sub(lambda m: f"{m.group(1)}***", text)
+    text = _OPENID_KV.sub(lambda m: f"{m.group(1)}={mask_openid(m.group(2))}", text)
     return _PHONE.sub(lambda m: f"{m.group(1)}****{m.group(3)}", text)
 
 
