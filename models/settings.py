@@ -53,6 +53,15 @@ class DispatchPolicy(BaseModel):
     checkout_extra_h: float = 1.0
     # a report's dispatch task lasts until needed_by, or this long when none is given
     report_default_hours: float = 4.0
+    # SOS (jobs/sos.py): accepts that are enough (one straight to the patient, one with the
+    # AED); how long the emergency task runs (its window is what "busy" overlaps with); how
+    # far from the patient an open AED is still worth fetching; a second SOS from the same
+    # caller this soon and this near is the same emergency
+    sos_responders: int = Field(default=2, ge=1, le=5)
+    sos_task_minutes: int = Field(default=30, ge=5)
+    sos_aed_reach_m: float = 1_000.0
+    sos_repeat_window_s: int = 600
+    sos_repeat_radius_m: float = 300.0
 
 
 class Settings(BaseSettings):
@@ -100,6 +109,8 @@ class Settings(BaseSettings):
     reminder_before_s: list[int] = [24 * 3600, 2 * 3600]
     reminder_checkin: bool = True  # one at the start: "please check in"
     reminder_checkout_after_s: int = 15 * 60
+    # AED keepers (jobs/aed.py): a monthly reminder lists AEDs not inspected for this long
+    aed_inspection_days: int = Field(default=30, ge=1)
 
     # web console (bot/console): server-side sessions, lock-out, signed volunteer links
     console_secret: SecretStr | None = None  # unset: keys are derived from WECHAT_APP_SECRET

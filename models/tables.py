@@ -343,6 +343,29 @@ class AuditEntry(SQLModel, table=True):
     at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False, index=True)
 
 
+class SOSEvent(SQLModel, table=True):
+    """One step of an SOS (jobs/sos.py), with its time: the timeline a coordinator reads.
+
+    A table of its own rather than AuditEntry rows: most steps are the system's, not a
+    person's (a wave sent, a stand-down), one SOS makes a dozen of them within a minute, and
+    the timeline is one indexed query by task, in order, without filling the audit log that
+    records people's changes to records.
+    """
+
+    __tablename__ = "sos_event"
+    __table_args__ = (Index("ix_sos_event_task_at", "task_id", "at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    task_id: int = Field(foreign_key="task.id")
+    at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
+    # called | repeat | wave | alerted | accepted | declined | stood_down | caller_told |
+    # coordinator_told | filled | exhausted
+    kind: str = Field(max_length=32)
+    person_id: int | None = Field(default=None, foreign_key="person.id")
+    wave: int | None = None
+    detail: dict[str, Any] = _json_dict()
+
+
 class ConsoleLogin(SQLModel, table=True):
     """A coordinator's web-console credentials and lock-out state.
 

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-12-04 20:05:23.675291
+Create Date: 2026-12-04 20:30:07.056779
 """
 
 from collections.abc import Sequence
@@ -260,6 +260,21 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f('ix_campaign_created_by_id'), ['created_by_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_campaign_status'), ['status'], unique=False)
 
+    op.create_table('sos_event',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('task_id', sa.Integer(), nullable=False),
+    sa.Column('at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('kind', sqlmodel.sql.sqltypes.AutoString(length=32), nullable=False),
+    sa.Column('person_id', sa.Integer(), nullable=True),
+    sa.Column('wave', sa.Integer(), nullable=True),
+    sa.Column('detail', sa.JSON(), nullable=False),
+    sa.ForeignKeyConstraint(['person_id'], ['person.id'], ),
+    sa.ForeignKeyConstraint(['task_id'], ['task.id'], ),
+    sa.PrimaryKeyConstraint('id')
+    )
+    with op.batch_alter_table('sos_event', schema=None) as batch_op:
+        batch_op.create_index('ix_sos_event_task_at', ['task_id', 'at'], unique=False)
+
     op.create_table('delivery',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('dedupe_key', sqlmodel.sql.sqltypes.AutoString(length=128), nullable=False),
@@ -299,6 +314,10 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_delivery_campaign_id'))
 
     op.drop_table('delivery')
+    with op.batch_alter_table('sos_event', schema=None) as batch_op:
+        batch_op.drop_index('ix_sos_event_task_at')
+
+    op.drop_table('sos_event')
     with op.batch_alter_table('campaign', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_campaign_status'))
         batch_op.drop_index(batch_op.f('ix_campaign_created_by_id'))
