@@ -108,7 +108,7 @@ def run_campaign(campaign_id: int) -> dict[str, int]:
                 return {"batches": 0}
             written = materialize(s, campaign=camp, now=now, cap=rt.settings.broadcast_weekly_cap)
         planned = plan_batches(rt, campaign_id)
-    maybe_finish(rt, campaign_id)
+    maybe_finish(rt, campaign_id, materialized=True)
     return {"written": written, "batches": planned}
 
 
@@ -196,11 +196,16 @@ def resume_campaign(connection: redis.Redis, campaign_id: int, *, at: datetime |
     return job_id
 
 
-def maybe_finish(rt: Runtime, campaign_id: int) -> bool:
-    """Mark the campaign done once no row is pending or in flight."""
+def maybe_finish(rt: Runtime, campaign_id: int, *, materialized: bool = False) -> bool:
+    """Mark the campaign done once no row is pending or in flight. A campaign without rows is
+    done only when its caller has just materialized it (an empty audience); otherwise it has not
+    been materialized yet."""
     with rt.sessions() as s, s.begin():
         camp = s.get(Campaign, campaign_id)
         if camp is None or camp.status != CampaignStatus.sending:
+            return False
+        if not materialized and s.exec(
+                select(Delivery.id).where(Delivery.campaign_id == campaign_id).limit(1)).first() is None:
             return False
         busy = s.exec(
             select(Delivery.id).where(
