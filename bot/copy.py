@@ -143,7 +143,7 @@ ASSIGNMENT_LABEL = {"accepted": "已确认", "waitlisted": "候补第{pos}位", 
 
 # AED
 AED_HEAD = "离您最近的AED："
-AED_LINE = '{i} {name} · 约{distance} · {hours}  <a href="{link}">查看地图</a>'
+AED_LINE = '{i} {name} · 约{distance} · {hours}  <a href="{link}">查看地图</a> <a href="{amap}">高德</a>'
 AED_CLOSED = "现在未开放，{opens}开放"
 AED_NONE = "附近暂时没有登记的AED。"
 AED_TAIL = "如遇心脏骤停，请立即拨打120，并开始胸外按压。"
@@ -169,9 +169,15 @@ ANY = {"不限", "全部", "都行", "0"}
 SOS_START = (
     "请立即拨打120！\n"
     "如果病人没有反应、没有正常呼吸，请马上开始胸外按压（用力、快速按压胸部正中）。\n"
-    "请发送您的位置（点「+」→「位置」），我来找最近的AED。"
+    "请发送您的位置（点「+」→「位置」），我来呼叫附近的持证救护员，并找最近的AED。"
 )
-SOS_CALL_FIRST = "请确认已拨打120，并持续胸外按压。"
+SOS_CALL_FIRST = "请立即拨打120！"
+SOS_STATUS = {
+    "started": "已呼叫附近的持证救护员（T{id}），有人接单会马上告诉您。",
+    "repeat": "您的呼救正在处理（T{id}），附近的持证救护员已收到，有人接单会马上告诉您。",
+    "outside": "这个位置不在东阳市的网格范围内，无法呼叫附近的救护员。",
+}
+SOS_CPR = "病人没有反应、没有正常呼吸时，请持续胸外按压（用力、快速按压胸部正中），有AED尽快取来使用。"
 
 # status
 STATUS_HEAD = "{scope} 工作概况："

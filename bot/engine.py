@@ -25,7 +25,7 @@ from bot.state import Dialog, DialogStore, Listing
 from bot.views import age_label, clip, fit, hours_label, when_label
 from dispatcher import aed as aed_rank
 from dispatcher.effects import Effects
-from dispatcher.geo import format_distance, haversine_m, tencent_map_link
+from dispatcher.geo import amap_link, format_distance, haversine_m, tencent_map_link
 from dispatcher.services import StatusView
 from models.db import transaction, utcnow
 from models.outbox import queue_message
@@ -324,6 +324,10 @@ class Conversation:
             return copy.PICK_NUMBER.format(cmd=word, list_cmd="我的")
         task_id = parsed.ref.number
         args = {"person_id": turn.person.id, "task_id": task_id, "now": turn.now, "policy": self.settings.dispatch}
+        from jobs import sos
+
+        if sos.is_sos(turn.session, task_id):  # roles, the caller, stand-downs: jobs/sos.py
+            return sos.answer(turn.session, turn.fx, accept=parsed.cmd == Cmd.accept, **args)
         if parsed.cmd == Cmd.decline:
             out = services.decline_offer(turn.session, turn.fx, **args)
             if out.status in ("declined", "ok", "already"):
@@ -441,8 +445,7 @@ class Conversation:
         assert ib.lat is not None and ib.lng is not None
         dialog = self.store.load(ib.user)
         if dialog is not None and dialog.name == "sos":
-            self.store.clear(ib.user)
-            return copy.SOS_CALL_FIRST + "\n" + self._nearest_aeds(turn, ib.lat, ib.lng)
+            return self._sos_location(turn, ib.lat, ib.lng)
         if dialog is not None and dialog.name == "checkin_location":
             from dispatcher import services
 
@@ -498,6 +501,7 @@ class Conversation:
                     distance=format_distance(h.distance_m),
                     hours=hours,
                     link=tencent_map_link(h.aed.lat, h.aed.lng, h.aed.name),
+                    amap=amap_link(h.aed.lat, h.aed.lng, h.aed.name),
                 )
             )
         return "\n".join([copy.AED_HEAD, *lines, copy.AED_TAIL])
@@ -505,6 +509,17 @@ class Conversation:
     def _sos(self, turn: Turn) -> str:
         turn.save(Dialog("sos", "location"))
         return copy.SOS_START
+
+    def _sos_location(self, turn: Turn, lat: float, lng: float) -> str:
+        """"Call 120" first, always; the first-aiders are alerted by the worker after commit."""
+        from jobs import sos
+
+        self.store.clear(turn.inbound.user)
+        started = sos.start(turn.session, turn.fx, caller=turn.person, lat=lat, lng=lng, now=turn.now,
+                            policy=self.settings.dispatch, label=turn.inbound.label)  # fmt: skip
+        status = copy.SOS_STATUS[started.status].format(id=started.task_id)
+        aeds = self._nearest_aeds(turn, lat, lng).removesuffix("\n" + copy.AED_TAIL)
+        return "\n".join([copy.SOS_CALL_FIRST, status, copy.SOS_CPR, aeds])
 
     def _status(self, turn: Turn) -> str:
         from dispatcher import services

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import time
+from datetime import date, time
 
 from dispatcher.geo import distance_m
 
@@ -95,3 +95,9 @@ def nearest(points: list[AEDPoint], lat: float, lng: float, at: time, k: int = 3
         return (1, h.distance_m)
 
     return sorted(hits, key=key)[:k]
+
+
+def inspection_due(last_inspected_on: date | None, today: date, every_days: int) -> bool:
+    """An AED never inspected, or not for ``every_days``, is due (batteries and pads expire
+    quietly; a monthly look is what keepers are asked for)."""
+    return last_inspected_on is None or (today - last_inspected_on).days >= every_days

@@ -18,12 +18,15 @@ class Effects:
     assignments: list[int] = field(default_factory=list)  # assignments whose reminders to (re)sync
     waves: list[tuple[int, int, datetime]] = field(default_factory=list)  # (task_id, wave, run_at)
     campaigns: list[int] = field(default_factory=list)  # campaigns to start fanning out
+    # emergency work (an SOS): apply puts it on the high queue, whatever the caller asked
+    urgent: bool = False
 
     def merge(self, other: Effects) -> Effects:
         self.deliveries += other.deliveries
         self.assignments += other.assignments
         self.waves += other.waves
         self.campaigns += other.campaigns
+        self.urgent = self.urgent or other.urgent
         return self
 
     def __bool__(self) -> bool:

@@ -1069,6 +1069,9 @@ def _chunks(ids: Sequence[int], n: int = 500) -> Iterable[Sequence[int]]:
 
 def task_spec(session: Session, task: Task) -> TaskSpec:
     asked = frozenset(session.exec(select(Assignment.person_id).where(Assignment.task_id == task.id)))
+    if task.contact_id is not None:
+        # the person who asked for help (a reporter, an SOS caller) is never offered it
+        asked |= {task.contact_id}
     return TaskSpec(
         id=int(task.id or 0),
         kind=str(getattr(task.kind, "value", task.kind)),
@@ -1184,12 +1187,15 @@ def run_wave(
     now: datetime,
     index: VolunteerIndex,
     policy: DispatchPolicy | None = None,
+    urban: bool | None = None,
 ) -> WaveOutcome:
     """Expire the last wave's unanswered offers, then offer the task to the next people.
 
     A wave that finds nobody new widens at once (no point waiting a TTL for no one); when no
     wider wave is allowed and no offer is still open, the task is ``exhausted`` and the
-    coordinators of its town (and city) are told.
+    coordinators of its town (and city) are told. ``urban`` (town vs village emergency
+    radius) defaults to the town's name (``waves.is_urban``); the SOS flow passes its own
+    finer rule (dispatcher/sos.py).
     """
     policy = _policy(policy)
     task = session.get(Task, task_id)
@@ -1207,8 +1213,9 @@ def run_wave(
     if claimed.rowcount != 1:  # type: ignore[attr-defined]
         return WaveOutcome("stale", wave, expired=expired)  # this wave (or a later one) already ran
     session.refresh(task)
-    town = _town(session, task.grid_id)
-    urban = waves.is_urban(town.name if town else None)
+    if urban is None:
+        town = _town(session, task.grid_id)
+        urban = waves.is_urban(town.name if town else None)
     urgency = str(getattr(task.urgency, "value", task.urgency))
     pending = _open_offers(session, task_id, now)
     need = shifts.open_slots(task.slots, task.accepted_count)

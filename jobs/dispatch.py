@@ -20,6 +20,7 @@ from typing import Any
 from dispatcher import services
 from dispatcher.effects import Effects
 from dispatcher.index import VolunteerIndex
+from jobs import sos
 from jobs.runtime import Runtime, runtime
 from models.db import utcnow
 from models.tables import Task, Urgency
@@ -67,7 +68,13 @@ def run_wave(task_id: int, wave: int) -> str:
     now = utcnow()
     with rt.sessions() as s, s.begin():
         services.refresh_index(s, idx, now=now)
-        out = services.run_wave(s, fx, task_id=task_id, wave=wave, now=now, index=idx, policy=rt.settings.dispatch)
+        # an SOS brings its own radius rule and cap, then words its alerts (jobs/sos.py)
+        plan = sos.wave_policy(s, task_id=task_id, policy=rt.settings.dispatch)
+        policy = plan.policy if plan is not None else rt.settings.dispatch
+        out = services.run_wave(s, fx, task_id=task_id, wave=wave, now=now, index=idx, policy=policy,
+                                urban=plan.urban if plan is not None else None)
+        if plan is not None:
+            sos.after_wave(s, fx, task_id=task_id, out=out, now=now, policy=policy)
         task = s.get(Task, task_id)
         urgent = task is not None and task.urgency == Urgency.emergency
     _apply(rt, fx, urgent=urgent)

@@ -36,7 +36,7 @@ def _enqueue_once(q: Queue, job_id: str, func: str, *args: object, at: datetime 
 
 
 def apply(connection: redis.Redis, effects: Effects, *, urgent: bool = False) -> None:
-    default = queues.queue(queues.HIGH if urgent else queues.DEFAULT, connection)
+    default = queues.queue(queues.HIGH if urgent or effects.urgent else queues.DEFAULT, connection)
     for delivery_id in effects.deliveries:
         _enqueue_once(default, f"delivery-{delivery_id}", "jobs.outbound.send_delivery", delivery_id)
     for assignment_id in effects.assignments:

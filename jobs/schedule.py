@@ -60,6 +60,9 @@ def _register_jobs() -> None:
         Periodic(daily_digest, queues.DEFAULT, cron="0 8 * * *"),  # coordinators, 08:00
         Periodic(weekly_hours, queues.BULK, cron="0 9 * * 1"),  # volunteers, Monday 09:00
     ])
+    from jobs.aed import inspection_reminders
+
+    SCHEDULE.append(Periodic(inspection_reminders, queues.DEFAULT, cron="0 9 1 * *"))  # AED keepers, 1st 09:00
     STARTUP.append(reconcile_at_start)
 
     from jobs import dispatch

@@ -58,6 +58,9 @@ class DispatchPolicy(BaseModel):
     # far from the patient an open AED is still worth fetching; a second SOS from the same
     # caller this soon and this near is the same emergency
     sos_responders: int = Field(default=2, ge=1, le=5)
+    # waves widen from 500 m / 1 km but stop here: a first-aider farther away arrives after
+    # the ambulance, so an SOS ends "exhausted" (coordinators told) rather than reach 8 km
+    sos_max_radius_m: float = 3_000.0
     sos_task_minutes: int = Field(default=30, ge=5)
     sos_aed_reach_m: float = 1_000.0
     sos_repeat_window_s: int = 600
