@@ -263,8 +263,15 @@ def _still_relevant(session: Session, d: Delivery, now: datetime) -> bool:
 def deliver(rt: Runtime, delivery_id: int) -> Outcome:
     """Try to send one Delivery now; returns what happened (the row says the same)."""
     settings = rt.settings
-    now = clock(rt)
     reopen = paused_until(rt.redis)
+    if reopen is not None and reopen > clock(rt):
+        return _early_exit(rt, delivery_id, reopen)
+    # The rate-limit token is taken before the claim, so a claimed row is sent at once: a
+    # worker killed while it waits for a token leaves the row pending, not in doubt. (A row that
+    # then turns out deferred or stale spent a token for nothing: cheaper than a second
+    # transaction per message.)
+    take_token(rt.redis, settings)
+    now = clock(rt)
     with rt.sessions() as s, s.begin():
         d = s.get(Delivery, delivery_id)
         if d is None:
@@ -276,8 +283,6 @@ def deliver(rt: Runtime, delivery_id: int) -> Outcome:
         if not _still_relevant(s, d, now):
             transition(s, d, DeliveryStatus.cancelled)
             return Outcome("stale")
-        if reopen is not None and reopen > now:
-            return Outcome("paused", reopen_at=reopen)
         person = s.get(Person, d.person_id)
         template_id = template_for(settings, d.purpose)
         way = route(
@@ -296,15 +301,8 @@ def deliver(rt: Runtime, delivery_id: int) -> Outcome:
             return Outcome("deferred")
         openid = person.openid  # type: ignore[union-attr]
         text = d.text
-    # The rate limit is taken before the claim, so a claimed row is sent at once: a worker
-    # killed while it waits for a token leaves the row pending, not in doubt.
-    take_token(rt.redis, settings)
-    with rt.sessions() as s, s.begin():
-        d = s.get(Delivery, delivery_id)
-        if d is None or d.status != DeliveryStatus.pending:
-            return Outcome("lost")
-        if not transition(s, d, DeliveryStatus.sending, channel=way, attempts=d.attempts + 1,
-                          claimed_at=clock(rt)):
+        # the claim: only one worker's guarded UPDATE pending -> sending can win
+        if not transition(s, d, DeliveryStatus.sending, channel=way, attempts=d.attempts + 1, claimed_at=now):
             return Outcome("lost")
         attempts = d.attempts
     try:
@@ -326,6 +324,17 @@ def deliver(rt: Runtime, delivery_id: int) -> Outcome:
         assert d is not None
         transition(s, d, DeliveryStatus.sent, sent_at=clock(rt), errcode=0)
     return Outcome("sent", 0)
+
+
+def _early_exit(rt: Runtime, delivery_id: int, reopen: datetime) -> Outcome:
+    """Sending is paused (45009): say so only for a row that is still pending."""
+    with rt.sessions() as s:
+        d = s.get(Delivery, delivery_id)
+        if d is None:
+            return Outcome("missing")
+        if d.status != DeliveryStatus.pending:
+            return Outcome("skip")
+    return Outcome("paused", reopen_at=reopen)
 
 
 def _after_error(rt: Runtime, delivery_id: int, errcode: int | None, attempts: int, errmsg: str) -> Outcome:

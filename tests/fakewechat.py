@@ -11,7 +11,7 @@ It speaks the real HTTP API and error codes of the parts RedGrid uses:
 - ``POST /cgi-bin/message/template/send``: 40003 / 43004 / 40037 (unknown template).
 - ``POST /cgi-bin/menu/create``.
 - Fault injection: the next N API calls answer an errcode (-1, 45009, ...), HTTP 500, or are
-  delayed.
+  delayed (a delayed call whose client gives up first is dropped: aiohttp cancels its handler).
 
 Every accepted message is recorded, so tests can assert what each person received. The
 server runs in a background thread (``FakeWeChat().start()``) or as a process
@@ -75,6 +75,7 @@ class FakeState:
     menus: list[dict[str, Any]] = field(default_factory=list)
     calls: Counter[str] = field(default_factory=Counter)
     token_fetches: int = 0
+    in_flight: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -124,6 +125,16 @@ class FakeWeChat:
             if self.state.current_token:
                 _exp, inv = self.state.tokens[self.state.current_token]
                 self.state.tokens[self.state.current_token] = (time.time() - 1, inv)
+
+    def wait_idle(self, timeout: float = 10.0) -> None:
+        """Until no request is being handled (a delayed one then has been recorded or refused)."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            with self.state.lock:
+                if self.state.in_flight == 0:
+                    return
+            time.sleep(0.01)
+        raise TimeoutError("fake WeChat still holds a delayed request")
 
     def received(self, openid: str | None = None) -> list[Message]:
         with self.state.lock:
@@ -294,8 +305,18 @@ class FakeWeChat:
         self.reset()
         return web.json_response({"ok": True})
 
+    @web.middleware
+    async def _count(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        with self.state.lock:
+            self.state.in_flight += 1
+        try:
+            return await handler(request)  # type: ignore[no-any-return]
+        finally:
+            with self.state.lock:
+                self.state.in_flight -= 1
+
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=1024 * 1024)
+        app = web.Application(client_max_size=1024 * 1024, middlewares=[self._count])
         app.router.add_get("/cgi-bin/token", self.token)
         app.router.add_post("/cgi-bin/message/custom/send", self.custom_send)
         app.router.add_post("/cgi-bin/message/template/send", self.template_send)
