@@ -310,3 +310,30 @@ def test_broadcast_survives_a_sigkilled_worker(jobrt: Runtime, fake: FakeWeChat,
     assert (camp.sent, camp.deferred) == (fresh_n + 3, n - fresh_n - 3)
     with jobrt.sessions() as s:
         assert counts(s, campaign_id=cid) == {"sent": fresh_n + 3, "deferred": n - fresh_n - 3}
+
+
+def test_45009_mid_campaign_pauses_until_midnight_then_resumes_once(jobrt: Runtime, fake: FakeWeChat) -> None:
+    from jobs.outbound import PAUSE_KEY, next_local_midnight
+    from tests.fakewechat import run_due, scheduled
+
+    jobrt.settings = jobrt.settings.model_copy(update={"broadcast_batch": 50})
+    coord, grid, fresh, _ = _people(jobrt, 20, fresh=20, fake=fake)
+    for _ in range(4):  # let four go, then the daily quota runs out
+        fake.inject("delay", 0, paths=("/cgi-bin/message/custom/send",))
+    fake.inject("errcode", 45009, paths=("/cgi-bin/message/custom/send",))
+    cid = _campaign(jobrt, coordinator_id=coord, audience=Audience(grid_id=grid))
+    work(jobrt.redis)
+    assert sum(fake.counts().values()) == 4
+    camp = _camp(jobrt, cid)
+    assert (camp.status, camp.sent) == (CampaignStatus.sending, 4)
+    with jobrt.sessions() as s:
+        assert counts(s, campaign_id=cid) == {"sent": 4, "pending": 16}
+    reopen = next_local_midnight(jobrt.extras["clock"](), "Asia/Shanghai")
+    assert scheduled(jobrt.redis) == {f"campaign-{cid}-at{int(reopen.timestamp())}": reopen}
+    # midnight in Dongyang: the flag has expired, the campaign resumes and finishes
+    jobrt.redis.delete(PAUSE_KEY)
+    run_due(jobrt.redis, jobrt.extras["clock"].set(reopen))
+    work(jobrt.redis)
+    assert fake.counts() == dict.fromkeys(fresh, 1)
+    camp = _camp(jobrt, cid)
+    assert (camp.status, camp.sent, camp.deferred, camp.failed) == (CampaignStatus.done, 20, 0, 0)

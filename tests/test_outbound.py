@@ -11,6 +11,8 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from pydantic import SecretStr
 from sqlmodel import select
 
@@ -359,3 +361,31 @@ def test_rows_say_sending_while_claimed(jobrt: Runtime, fake: FakeWeChat) -> Non
 def _all(rt: Runtime) -> list[Delivery]:
     with rt.sessions() as s:
         return list(s.exec(select(Delivery).order_by(Delivery.id)).all())
+
+
+@given(st.datetimes(min_value=datetime(2020, 1, 1), max_value=datetime(2035, 12, 31), timezones=st.just(UTC)))
+def test_next_local_midnight_is_the_coming_midnight_in_dongyang(now: datetime) -> None:
+    from zoneinfo import ZoneInfo
+
+    reopen = next_local_midnight(now, "Asia/Shanghai")
+    local = reopen.astimezone(ZoneInfo("Asia/Shanghai"))
+    assert (local.hour, local.minute, local.second) == (0, 0, 0)
+    assert timedelta(0) < reopen - now <= timedelta(days=1)
+    assert reopen.utcoffset() == timedelta(0)
+
+
+@given(
+    hours_since=st.one_of(st.none(), st.floats(min_value=0, max_value=400)),
+    subscribed=st.booleans(),
+    template=st.sampled_from([None, "TPL"]),
+)
+def test_route_properties(hours_since: float | None, subscribed: bool, template: str | None) -> None:
+    now = datetime(2026, 12, 6, 1, 0, tzinfo=UTC)
+    last = None if hours_since is None else now - timedelta(hours=hours_since)
+    way = route(now=now, openid="o1", subscribed=subscribed, last_interaction_at=last, template_id=template)
+    if not subscribed:
+        assert way == "unreachable"
+    elif last is not None and hours_since < 47.9:  # type: ignore[operator]
+        assert way == "custom"  # a customer-service message only inside the window...
+    elif last is None or hours_since >= 48:  # type: ignore[operator]
+        assert way == ("template" if template else "defer")  # ...outside it never
