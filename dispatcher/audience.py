@@ -88,7 +88,7 @@ def _conditions(session: Session, audience: Audience, now: datetime) -> list[Col
     if audience.skills:
         valid = select(Certificate.person_id).where(
             Certificate.skill.in_(audience.skills),  # type: ignore[attr-defined]
-            or_(Certificate.expires_on.is_(None), Certificate.expires_on >= now.date()),  # type: ignore[union-attr, operator]
+            or_(Certificate.expires_on.is_(None), Certificate.expires_on >= now.date()),  # type: ignore[union-attr, operator, arg-type]
         )
         conds.append(Person.id.in_(valid))  # type: ignore[union-attr]
     if audience.kinds:
@@ -104,7 +104,7 @@ def _conditions(session: Session, audience: Audience, now: datetime) -> list[Col
 
 def audience_ids(session: Session, *, audience: Audience, now: datetime) -> list[int]:
     stmt = select(Person.id).where(and_(*_conditions(session, audience, now))).order_by(Person.id)  # type: ignore[arg-type]
-    return [int(i) for i in session.exec(stmt).all()]
+    return [int(i) for i in session.exec(stmt).all()]  # type: ignore[arg-type]
 
 
 def preview_audience(session: Session, *, audience: Audience, now: datetime,

@@ -128,7 +128,7 @@ def plan_batches(rt: Runtime, campaign_id: int) -> int:
         chunk = rows[i:i + size]
         if not any(st == DeliveryStatus.pending for _, st in chunk):
             continue
-        first, last = int(chunk[0][0]), int(chunk[-1][0])
+        first, last = int(chunk[0][0]), int(chunk[-1][0])  # type: ignore[arg-type]
         job_id = known.get(str(first))
         if job_id is not None:
             job = q.fetch_job(job_id)
@@ -156,7 +156,7 @@ def send_batch(campaign_id: int, first_id: int, last_id: int) -> dict[str, int]:
     """RQ job: send the pending rows of one slice of a campaign."""
     rt = runtime()
     with rt.sessions() as s:
-        ids = [int(i) for i in s.exec(
+        ids = [int(i) for i in s.exec(  # type: ignore[arg-type]
             select(Delivery.id).where(
                 Delivery.campaign_id == campaign_id, Delivery.id >= first_id, Delivery.id <= last_id,  # type: ignore[operator]
                 Delivery.status == DeliveryStatus.pending,

@@ -39,7 +39,7 @@ def _subtree(session: Session, unit_id: int) -> list[int]:
     unit = session.get(GridUnit, unit_id)
     if unit is None:
         return []
-    return [int(i) for i in session.exec(select(GridUnit.id).where(GridUnit.path.startswith(unit.path))).all()]  # type: ignore[attr-defined]
+    return [int(i) for i in session.exec(select(GridUnit.id).where(GridUnit.path.startswith(unit.path))).all()]  # type: ignore[attr-defined, arg-type]
 
 
 def _local_day(now: datetime, tz: str) -> tuple[datetime, datetime]:

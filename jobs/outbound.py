@@ -313,7 +313,7 @@ def deliver(rt: Runtime, delivery_id: int) -> Outcome:
         from jobs.wechat_api import api
 
         if way == "custom":
-            api().send_text(openid, text)
+            api().send_text(openid, text)  # type: ignore[arg-type]
         else:
             from jobs.texts import template_data
 

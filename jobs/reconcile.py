@@ -113,8 +113,8 @@ def reconcile_with(rt: Runtime, *, force_campaigns: bool = False) -> dict[str, i
     # 4. campaigns whose fan-out stopped
     with rt.sessions() as s:
         campaigns = s.exec(select(Campaign.id).where(Campaign.status == CampaignStatus.sending)).all()
-    for cid in campaigns:
-        cid = int(cid)  # type: ignore[arg-type]
+    for raw_cid in campaigns:
+        cid = int(raw_cid)  # type: ignore[arg-type]
         if maybe_finish(rt, cid):
             continue
         if not force_campaigns and rt.redis.exists(beat_key(cid)):

@@ -78,14 +78,14 @@ def sync(session: Session, *, assignment_id: int, now: datetime, settings: Setti
                                    checked_in=a.checked_in_at is not None,
                                    checked_out=a.checked_out_at is not None, settings=settings)
         }
-    for purpose, d in mine.items():
-        if purpose not in wanted and d.status in OPEN and transition(session, d, DeliveryStatus.cancelled):
-            result.cancelled.append(d.id)  # type: ignore[arg-type]
+    for purpose, old in mine.items():
+        if purpose not in wanted and old.status in OPEN and transition(session, old, DeliveryStatus.cancelled):
+            result.cancelled.append(old.id)  # type: ignore[arg-type]
     for purpose, when in wanted.items():
         assert task is not None
         kind = purpose.removeprefix("remind_")
         text = render(kind, task, when, settings.tz)
-        d = mine.get(purpose)
+        d: Delivery | None = mine.get(purpose)
         if d is None:
             if when <= now:
                 continue
