@@ -294,13 +294,13 @@ def measure(targets: dict[str, tuple[str, int]], openids: list[str], args: argpa
 # --- main ------------------------------------------------------------------------------------
 
 
-def start_ours(env: dict[str, str], port: int, log_path: Path) -> subprocess.Popen[bytes]:
+def start_ours(env: dict[str, str], port: int, log_path: Path, root: Path = ROOT) -> subprocess.Popen[bytes]:
     logf = log_path.open("ab")
     # exactly what `redgrid web` runs
     cmd = [sys.executable, "-m", "redgrid.cli", "web", "--port", str(port)]
     if os.environ.get("BENCH_PROFILE"):  # py-spy's collapsed stacks of the web process
         cmd = ["py-spy", "record", "-r", "250", "--threads", "-f", "raw", "-o", os.environ["BENCH_PROFILE"], "--", *cmd]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=logf, stderr=logf)
+    proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=logf, stderr=logf)
     wait_port(port, proc)
     return proc
 
@@ -338,6 +338,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--volunteers", type=int, default=3000, help="demo seed size")
     ap.add_argument("--mode", choices=["plain", "safe"], default="plain")
     ap.add_argument("--threads", type=int, default=None, help="WEB_THREADS for our app")
+    ap.add_argument("--app-root", type=Path, default=ROOT,
+                    help="serve our app from this checkout (e.g. a git worktree of an older commit)")
     ap.add_argument("--json", action="store_true", help="also print the results as JSON")
     ap.add_argument("--keep", action="store_true", help="keep the temp directory (logs, database)")
     ap.add_argument("--serve-echo", type=int, default=None, help=argparse.SUPPRESS)
@@ -377,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
         ports = {"echo": free_port(), "ours": free_port()}
         echo = start_echo(ports["echo"], args.mode == "safe")
         procs.append(echo)
-        ours = start_ours(env, ports["ours"], work / "web.log")
+        ours = start_ours(env, ports["ours"], work / "web.log", args.app_root)
         procs.append(ours)
         targets = {app: (f"http://127.0.0.1:{ports[app]}/wechat", p.pid) for app, p in (("echo", echo), ("ours", ours))}
         for level in levels:

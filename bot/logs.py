@@ -209,6 +209,7 @@ async def request_logger(request: web.Request, handler: Handler) -> web.StreamRe
             on_done(route, status, latency_ms / 1000)
 
 
-# A callback the app sets to feed its metrics from the same measurement.
-_ON_DONE = web.AppKey("request_done", Callable)  # type: ignore[type-abstract]
-ON_REQUEST_DONE = _ON_DONE
+# A callback the app sets to feed its metrics from the same measurement: (route, status, s).
+RequestDone = Callable[[str, int, float], None]
+ON_REQUEST_DONE: web.AppKey[RequestDone] = web.AppKey("request_done")
+_ON_DONE = ON_REQUEST_DONE
