@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, false, func, or_
+from sqlalchemy import ColumnElement, and_, false, func, or_, update
 from sqlmodel import Session, select
 
 from dispatcher.effects import Effects
@@ -154,6 +154,21 @@ def create_campaign(session: Session, fx: Effects, *, coordinator_id: int, audie
     return camp
 
 
+def recount(session: Session, *, campaign_id: int) -> None:
+    """Set the campaign's live counters from its rows, in one UPDATE (atomic, self-healing: a
+    worker that died mid-batch leaves nothing to correct)."""
+    def n(status: DeliveryStatus) -> Any:
+        return (select(func.count()).select_from(Delivery)
+                .where(Delivery.campaign_id == campaign_id, Delivery.status == status).scalar_subquery())
+
+    session.execute(
+        update(Campaign).where(Campaign.id == campaign_id)  # type: ignore[arg-type]
+        .values(sent=n(DeliveryStatus.sent), deferred=n(DeliveryStatus.deferred), failed=n(DeliveryStatus.failed))
+        .execution_options(synchronize_session=False)
+    )
+
+
+
 def cancel_campaign(session: Session, *, campaign_id: int, actor_id: int, now: datetime) -> Campaign:
     """Stop a campaign: every message not yet sent is cancelled (those in flight finish)."""
     camp = session.get(Campaign, campaign_id)
@@ -165,8 +180,6 @@ def cancel_campaign(session: Session, *, campaign_id: int, actor_id: int, now: d
         raise NotAllowed("not this coordinator's campaign")
     if camp.status in (CampaignStatus.done, CampaignStatus.cancelled):
         return camp
-    from sqlalchemy import update
-
     camp.status = CampaignStatus.cancelled
     camp.finished_at = now
     session.add(camp)
@@ -179,12 +192,8 @@ def cancel_campaign(session: Session, *, campaign_id: int, actor_id: int, now: d
                Delivery.status.in_((DeliveryStatus.pending, DeliveryStatus.deferred)))  # type: ignore[attr-defined]
         .values(status=DeliveryStatus.cancelled)
     )
-    deferred = session.exec(
-        select(func.count()).select_from(Delivery).where(
-            Delivery.campaign_id == campaign_id, Delivery.status == DeliveryStatus.deferred)
-    ).one()
-    camp.deferred = int(deferred)
-    session.add(camp)
+    recount(session, campaign_id=campaign_id)
+    session.refresh(camp)
     session.add(AuditEntry(actor_id=actor_id, action="campaign.cancel", entity="campaign", entity_id=campaign_id,
                            detail={"cancelled_messages": res.rowcount, "sent": camp.sent}, at=now))  # type: ignore[attr-defined]
     return camp

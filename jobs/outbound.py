@@ -47,7 +47,6 @@ from models.settings import Settings
 from models.tables import (
     Assignment,
     AssignmentStatus,
-    Campaign,
     Delivery,
     DeliveryStatus,
     Person,
@@ -78,7 +77,7 @@ TEMPLATE_FOR = (
     ("weekly", "template_digest"),
 )
 
-# Statuses a Campaign counts; a transition moves one unit between its counters.
+# Statuses a Campaign counts (jobs.broadcast.recount).
 COUNTED = {DeliveryStatus.sent: "sent", DeliveryStatus.deferred: "deferred", DeliveryStatus.failed: "failed"}
 
 
@@ -129,8 +128,11 @@ def next_local_midnight(now: datetime, tz: str) -> datetime:
 
 
 def transition(session: Session, row: Delivery, to: DeliveryStatus, **values: Any) -> bool:
-    """Move ``row`` from the status it was read with to ``to``, only if nobody moved it first;
-    the Campaign's counters move with it in the same transaction."""
+    """Move ``row`` from the status it was read with to ``to``, only if nobody moved it first.
+
+    A campaign's counters are not touched here: bumping one hot Campaign row in every message's
+    transaction serialized the workers on its row lock (PostgreSQL); ``jobs.broadcast.recount``
+    sets them from the rows instead."""
     frm = row.status
     # synchronize_session=False: the row object is updated by hand below (ORM syncing costs
     # more than the UPDATE itself on the broadcast path)
@@ -142,18 +144,6 @@ def transition(session: Session, row: Delivery, to: DeliveryStatus, **values: An
     )
     if res.rowcount != 1:  # type: ignore[attr-defined]
         return False
-    if row.campaign_id is not None and (frm in COUNTED or to in COUNTED):
-        deltas: dict[str, Any] = {}
-        if frm in COUNTED:
-            col = getattr(Campaign, COUNTED[frm])
-            deltas[COUNTED[frm]] = col - 1
-        if to in COUNTED:
-            col = getattr(Campaign, COUNTED[to])
-            deltas[COUNTED[to]] = col + 1
-        session.execute(
-            update(Campaign).where(Campaign.id == row.campaign_id).values(**deltas)  # type: ignore[arg-type]
-            .execution_options(synchronize_session=False)
-        )
     row.status = to
     for k, v in values.items():
         setattr(row, k, v)
@@ -382,9 +372,11 @@ def send_delivery(delivery_id: int) -> str:
             d = s.get(Delivery, delivery_id)
             cid = d.campaign_id if d else None
         if cid is not None:
-            from jobs.broadcast import maybe_finish
+            from jobs.broadcast import maybe_finish, recount
 
-            maybe_finish(rt, cid)
+            if not maybe_finish(rt, cid):
+                with rt.sessions() as s, s.begin():
+                    recount(s, campaign_id=cid)
     return out.result
 
 

@@ -28,7 +28,7 @@ from sqlmodel import select
 
 from dispatcher.effects import Effects
 from jobs import queues
-from jobs.broadcast import beat_key, maybe_finish, resume_campaign
+from jobs.broadcast import beat_key, maybe_finish, recount, resume_campaign
 from jobs.outbound import clock, plan_send, transition
 from jobs.reminders import sync
 from jobs.runtime import Runtime, runtime
@@ -108,7 +108,9 @@ def reconcile_with(rt: Runtime, *, force_campaigns: bool = False) -> dict[str, i
                 if d.campaign_id is not None:
                     touched_campaigns.add(d.campaign_id)
     for cid in touched_campaigns:
-        maybe_finish(rt, cid)
+        if not maybe_finish(rt, cid):
+            with rt.sessions() as s, s.begin():
+                recount(s, campaign_id=cid)
 
     # 4. campaigns whose fan-out stopped
     with rt.sessions() as s:
