@@ -302,7 +302,9 @@ def _demo_logins(sessions: Any) -> None:
     with transaction(sessions) as s:
         n = ensure_demo_logins(s, now=utcnow())
     if n:
-        click.echo(f"console: {n} demo coordinators can log in at /console/ with password {DEMO_PASSWORD!r}")
+        # a note, not part of the summary on stdout (which is identical on every run)
+        click.echo(f"console: {n} demo coordinators can log in at /console/ with password {DEMO_PASSWORD!r}",
+                   err=True)
 
 
 def _find_person(session: Any, openid: str | None, phone: str | None) -> Any:
