@@ -121,7 +121,7 @@ def prepare(settings: Any, volunteers: int, *, backdate: bool = True) -> list[tu
                        kinds=[k.value for k in TaskKind], last_interaction_at=utcnow())  # fmt: skip
             s.add(p)
             s.flush()
-            s.add(Certificate(person_id=p.id, skill="first_aid", expires_on=date.today() + timedelta(days=700)))
+            s.add(Certificate(person_id=int(p.id or 0), skill="first_aid", expires_on=date.today() + timedelta(days=700)))
             out.append((int(p.id or 0), str(p.openid)))
         if backdate:
             # A live roster was written long before an SOS (the demo seed an hour ago, the

@@ -327,7 +327,8 @@ class Conversation:
         from jobs import sos
 
         if sos.is_sos(turn.session, task_id):  # roles, the caller, stand-downs: jobs/sos.py
-            return sos.answer(turn.session, turn.fx, accept=parsed.cmd == Cmd.accept, **args)
+            return sos.answer(turn.session, turn.fx, person_id=turn.person.id or 0, task_id=task_id,
+                              accept=parsed.cmd == Cmd.accept, now=turn.now, policy=self.settings.dispatch)
         if parsed.cmd == Cmd.decline:
             out = services.decline_offer(turn.session, turn.fx, **args)
             if out.status in ("declined", "ok", "already"):

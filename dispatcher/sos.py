@@ -267,5 +267,7 @@ def timeline_line(*, at: datetime, kind: str, wave: int | None, who: str, detail
     if isinstance(dist, int | float):
         parts.append(format_distance(float(dist)))
     if kind == "wave":
-        parts.append(f"半径{format_distance(float(detail.get('radius_m', 0) or 0))} · {detail.get('alerted', 0)}人")
+        radius = detail.get("radius_m")
+        radius_m = float(radius) if isinstance(radius, int | float) else 0.0
+        parts.append(f"半径{format_distance(radius_m)} · {detail.get('alerted', 0)}人")
     return f"{stamp} " + " · ".join(parts)

@@ -232,7 +232,7 @@ def after_wave(
     log(session, task_id=task_id, kind="wave", at=now, wave=out.wave, status=out.status,
         radius_m=out.radius_m, alerted=len(out.offered), expired=out.expired)
     if out.offered:
-        people = {p.id: p for p in session.exec(select(Person).where(col(Person.id).in_(out.offered)))}
+        people = {int(p.id or 0): p for p in session.exec(select(Person).where(col(Person.id).in_(out.offered)))}
         aeds = _aeds_near(session, task, now, policy.sos_aed_reach_m)
         routes = {
             pid: rules.fetch_route(float(p.lat or 0.0), float(p.lng or 0.0), aeds) for pid, p in people.items()
@@ -315,13 +315,14 @@ def answer(
     a = _assignment(session, task_id, person_id)
     if (
         a is not None
-        and a.status in (AS.offered, AS.expired)
+        and a.status in (AS.offered, AS.expired, AS.declined)
         and task.status == TaskStatus.open
         and task.accepted_count < task.slots
         and now < task.ends_at
     ):
-        # The wave moved on, but a late yes still counts while places are free: a first-aider
-        # who read the alert at 70 s is as useful as one who read it at 50 s.
+        # The wave moved on (or they said no, then found they could go), but a yes still
+        # counts while places are free: a first-aider who answers at 70 s is as useful as
+        # one who answered at 50 s.
         a.status, a.expires_at = AS.offered, now + waves.ttl("emergency", policy)
         session.add(a)
         session.flush()

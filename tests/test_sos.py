@@ -481,6 +481,12 @@ def test_repeat_and_outside_and_decline(sessions, world) -> None:  # type: ignor
         fx.merge(step)
     assert fx.waves == [(tid, 2, NOW + timedelta(seconds=5))]  # all said no: the next wave now
     assert [k for k, _ in _events(sessions, tid)].count("declined") == 4
+    # one of them finds a way to go after all: while places are free, that yes counts
+    reply, _ = _answer(sessions, ids["fa2"], tid, NOW + timedelta(seconds=20))
+    assert reply.startswith("谢谢您！")
+    with sessions() as s:
+        assert s.exec(select(Assignment).where(Assignment.task_id == tid, Assignment.person_id == ids["fa2"])
+                      ).one().status == AS.accepted
 
 
 def test_monthly_aed_inspection_reminder(sessions, world) -> None:  # type: ignore[no-untyped-def]
