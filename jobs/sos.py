@@ -311,6 +311,8 @@ def answer(
         out = services.decline_offer(session, fx, person_id=person_id, task_id=task_id, now=now, policy=policy)
         if out.status == "declined":
             log(session, task_id=task_id, kind="declined", at=now, person_id=person_id)
+        if out.status == "not_offered":
+            return rules.NOT_YOURS.format(task_id=task_id)
         return rules.DECLINE_REPLY
     a = _assignment(session, task_id, person_id)
     if (
