@@ -44,12 +44,13 @@ def forget_indexes() -> None:
 
 
 def warm_index() -> int:
-    """STARTUP hook: load the index before the first wave needs it."""
+    """Load (or incrementally refresh) this process's index: at worker start, and in the
+    worker's parent before each wave job is forked."""
     rt = runtime()
     idx = volunteer_index(rt)
     with rt.sessions() as s:
         n = services.refresh_index(s, idx, now=utcnow())
-    log.info("dispatch: volunteer index warmed with %d people", len(idx))
+    log.debug("dispatch: volunteer index refreshed: %d changed, %d people", n, len(idx))
     return n
 
 

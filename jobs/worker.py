@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 
-from rq import Worker
+from rq import Queue, Worker
+from rq.job import Job
 
 from jobs import queues
 from jobs.runtime import Runtime, use_runtime
@@ -14,12 +15,28 @@ from models.settings import Settings
 log = logging.getLogger(__name__)
 
 
+REFRESH_INDEX_BEFORE = {"jobs.dispatch.run_wave"}
+
+
 class RedGridWorker(Worker):
     """rq's Worker, with a pubsub thread that notices a stop within a second.
 
     rq polls its command channel with ``sleep_time=60`` and redis-py's ``stop()`` joins that
     thread, so a burst worker could take a minute to exit after its last job.
     """
+
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        # Each job runs in a forked copy of this process: a wave refreshes the volunteer index
+        # here, in the parent, so the copy starts current and later forks do not re-read
+        # everyone changed since the worker started.
+        if job.func_name in REFRESH_INDEX_BEFORE:
+            from jobs.dispatch import warm_index
+
+            try:
+                warm_index()
+            except Exception:  # the job refreshes for itself anyway; never block the queue
+                log.exception("could not refresh the volunteer index before %s", job.id)
+        super().execute_job(job, queue)
 
     def subscribe(self) -> None:
         self.pubsub = self.connection.pubsub()
