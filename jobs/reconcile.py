@@ -162,5 +162,10 @@ def reconcile() -> dict[str, int]:
 
 def reconcile_at_start() -> dict[str, int]:
     """Worker start: a new worker often replaces one that died, so stalled campaigns resume at
-    once instead of after the heartbeat lease."""
-    return reconcile_with(runtime(), force_campaigns=True)
+    once instead of after the heartbeat lease. A failure is logged, not raised: the worker
+    must start anyway (the cron reconciler tries again within 5 minutes)."""
+    try:
+        return reconcile_with(runtime(), force_campaigns=True)
+    except Exception:
+        log.exception("start-up reconcile failed; the periodic one will retry")
+        return {}
