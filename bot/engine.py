@@ -35,6 +35,7 @@ from models.tables import AED, AEDStatus, Campaign, GridUnit, Person, PersonStat
 log = logging.getLogger(__name__)
 
 PAGE = 5  # shifts per page: five lines with distances fit well inside one reply
+SHIFTS_MAX = 50  # shifts 班次/更多 page through at most
 VOLUNTEER_CMDS = {Cmd.shifts, Cmd.more, Cmd.signup, Cmd.cancel, Cmd.accept, Cmd.decline,
                   Cmd.checkin, Cmd.checkout, Cmd.mine}  # fmt: skip
 CMD_WORD = {Cmd.broadcast: "广播", Cmd.status: "状态", Cmd.report: "上报"}
@@ -384,10 +385,13 @@ class Conversation:
     def _shifts(self, turn: Turn, *, page: int) -> str:
         from dispatcher import services
 
-        views = services.open_shifts(turn.session, person=turn.person, now=turn.now, days=7)
+        # one row past this page is enough to know whether there is a next page (of the 50 at most
+        # ever listed): geodesics are then computed only for the rows that can be on it
+        start = page * PAGE
+        views = services.open_shifts(turn.session, person=turn.person, now=turn.now, days=7,
+                                     limit=min(SHIFTS_MAX, start + PAGE + 1))
         if not views:
             return copy.SHIFTS_NONE
-        start = page * PAGE
         if start >= len(views):
             return copy.SHIFTS_END
         chunk = views[start : start + PAGE]
@@ -464,7 +468,8 @@ class Conversation:
         if turn.person.is_volunteer and turn.person.status == PersonStatus.active:
             from dispatcher import services
 
-            views = services.open_shifts(turn.session, person=turn.person, now=turn.now, lat=ib.lat, lng=ib.lng)
+            views = services.open_shifts(turn.session, person=turn.person, now=turn.now, lat=ib.lat, lng=ib.lng,
+                                         limit=3)
             lines = [
                 f"{i} {v.task.title} · {when_label(v.task.starts_at, v.task.ends_at, turn.now, self.tz)}"
                 + (f" · {format_distance(v.distance_m)}" if v.distance_m is not None else "")
