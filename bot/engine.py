@@ -98,7 +98,13 @@ class Conversation:
             log.warning("could not enqueue effects now; the reconciler will pick them up")
 
     def _person(self, session: Session, inbound: Inbound, now: datetime, fx: Effects) -> Person:
-        person = session.exec(select(Person).where(Person.openid == inbound.user)).first()
+        from jobs.outbound import has_deferred, release_deferred
+
+        # the person and whether they have deferred deliveries, in one statement: most have none
+        row = session.exec(
+            select(Person, has_deferred(Person.id)).where(Person.openid == inbound.user)
+        ).first()
+        person, deferred = row if row is not None else (None, False)
         if person is None:
             person = Person(openid=inbound.user, status=PersonStatus.pending, subscribed=True)
         if not (inbound.kind == "event" and inbound.event == "unsubscribe"):
@@ -113,9 +119,7 @@ class Conversation:
         if person.id is None:
             session.add(person)
             session.flush()
-        if person.id is not None and inbound.event != "unsubscribe":
-            from jobs.outbound import release_deferred
-
+        if deferred and person.id is not None and inbound.event != "unsubscribe":
             fx.deliveries += release_deferred(session, person_id=person.id, now=now)
         return person
 

@@ -37,7 +37,7 @@ from zoneinfo import ZoneInfo
 import redis
 from rq import Retry
 from sqlalchemy import update
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from jobs import queues
 from jobs.runtime import Runtime, runtime
@@ -381,6 +381,19 @@ def send_delivery(delivery_id: int) -> str:
 
 
 # --- the engine's hook -------------------------------------------------------------------------
+
+
+def has_deferred(person_id: Any) -> Any:
+    """SQL: does this person (an id or a column, e.g. ``Person.id``) have a deferred delivery?
+
+    The engine selects it with the person, so the common message (nothing deferred) pays no
+    extra statement for ``release_deferred``; an indexed probe (ix_delivery_person_status).
+    """
+    return (
+        select(col(Delivery.id))
+        .where(col(Delivery.person_id) == person_id, col(Delivery.status) == DeliveryStatus.deferred)
+        .exists()
+    )
 
 
 def release_deferred(session: Session, *, person_id: int, now: datetime) -> list[int]:
