@@ -11,8 +11,8 @@ or beside a healthy system, sends nothing twice.
 3. Deliveries stuck in "sending" past the lease: the worker died mid-call; settled as failed,
    ``payload.in_doubt`` (at most once).
 4. Campaigns still sending with pending rows and no batch alive: ``run_campaign`` again.
-5. Open dispatch tasks whose latest wave of offers has expired with no next wave planned: the
-   next wave (``jobs.dispatch.run_wave(task_id, wave)``) through ``jobs.effects.apply``.
+5. Open dispatch tasks whose latest wave of offers has expired (or whose first wave never ran)
+   with no next wave planned: the next wave (``jobs.dispatch.run_wave(task_id, wave)``) through ``jobs.effects.apply``.
 """
 
 from __future__ import annotations
@@ -141,8 +141,8 @@ def reconcile_with(rt: Runtime, *, force_campaigns: bool = False) -> dict[str, i
                     Assignment.status == AssignmentStatus.offered,
                 )
             ).one()
-            if wave == 0 and latest is None:
-                continue  # never dispatched: its creator plans the first wave
+            # wave 0 with no offers: the first wave's job was lost between the report's commit
+            # and its enqueue; its deterministic job id makes planning it again harmless
             run_at: datetime = latest if latest is not None and latest > now else now
             fx.waves.append((tid, wave + 1, run_at))
     if fx:

@@ -208,3 +208,18 @@ def test_daily_digest_and_weekly_hours(jobrt: Runtime, fake: FakeWeChat) -> None
     ]
     (hours,) = fake.received("oVol")
     assert hours.text == "【上周服务】您上周参加了 1 次服务，共 1.5 小时，今年累计 1.5 小时。谢谢您！"
+
+
+def test_a_report_whose_first_wave_was_lost_gets_it(jobrt: Runtime, fake: FakeWeChat) -> None:
+    now = jobrt.extras["clock"]()
+    with jobrt.sessions() as s, s.begin():
+        g = make_grid(s)
+        t = Task(kind=TaskKind.fridge_restock, mode=TaskMode.dispatch, title="爱心冰柜补货", lat=29.29, lng=120.23,
+                 h3="88309a4c1bfffff", grid_id=g.id, starts_at=now, ends_at=now + timedelta(hours=2), wave=0)
+        s.add(t)
+        s.flush()
+        tid = t.id
+    assert reconcile_with(jobrt)["waves"] == 1
+    job = queues.queue(queues.DEFAULT, jobrt.redis).fetch_job(f"wave-{tid}-1")
+    assert job is not None and job.get_status() == "queued" and job.args == (tid, 1)
+    assert reconcile_with(jobrt)["waves"] == 0  # planned once
