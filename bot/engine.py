@@ -65,7 +65,8 @@ class Conversation:
         now = self.clock()  # type: ignore[operator]
         with transaction(self.sessions) as session:
             person = self._person(session, inbound, now, fx)
-            turn = Turn(inbound, session, person, fx, now, self.tz, self.store, self.settings)
+            # this message's view of the sender's dialog state: one Redis round trip to read it
+            turn = Turn(inbound, session, person, fx, now, self.tz, self.store.for_user(inbound.user), self.settings)
             reply = self._route(turn)
         self._apply(fx, urgent=inbound.text.strip().lower() in ("急救", "sos"))
         return clip(reply) if reply else None
@@ -130,7 +131,7 @@ class Conversation:
         user = ib.user
         if ib.kind == "event":
             return self._event(turn)
-        dialog = self.store.load(user)
+        dialog = turn.store.load(user)
         if ib.kind == "location":
             if dialog and (dialog.name, dialog.step) in dialogs.LOCATION_STEPS:
                 return dialogs.STEPS[dialog.name](turn, dialog)
@@ -140,11 +141,11 @@ class Conversation:
         parsed = parse(ib.text)
         if dialog is not None and dialog.name not in dialogs.STEPS:
             # a dialog that only waits for a location (SOS, check-in) ends with any text
-            self.store.clear(user)
+            turn.store.clear(user)
             dialog = None
         if dialog is not None:
             return self._in_dialog(turn, dialog, parsed)
-        expired = self.store.expired(user)
+        expired = turn.store.expired(user)
         if parsed is None:
             if expired:
                 name = copy.DIALOG_NAMES.get(expired, expired)
@@ -158,7 +159,7 @@ class Conversation:
         confirm_step = dialog.name == "broadcast" and dialog.step == "confirm"
         if parsed is not None and not confirm_step:
             if parsed.cmd == Cmd.quit:
-                self.store.clear(turn.inbound.user)
+                turn.store.clear(turn.inbound.user)
                 return copy.QUIT_DONE.format(name=name)
             if parsed.cmd == Cmd.help:
                 return f"{self._help(turn.person)}\n\n" + copy.DIALOG_RESUME.format(name=name, prompt=prompt)
@@ -166,7 +167,7 @@ class Conversation:
                 Cmd.broadcast, Cmd.status, Cmd.report, Cmd.register, Cmd.aed, Cmd.sos
             }:
                 if parsed.cmd == Cmd.sos:
-                    self.store.clear(turn.inbound.user)
+                    turn.store.clear(turn.inbound.user)
                     return self._command(turn, parsed) or copy.UNKNOWN
                 return copy.DIALOG_RESUME.format(name=name, prompt=prompt)
         return dialogs.STEPS[dialog.name](turn, dialog)
@@ -184,7 +185,7 @@ class Conversation:
                 from dispatcher import services
 
                 services.withdraw_offers(turn.session, turn.fx, person_id=person.id, now=turn.now)
-                self.store.clear(ib.user)
+                turn.store.clear(ib.user)
                 return None
             case "click":
                 cmd = CLICK_KEYS.get(ib.event_key)
@@ -232,7 +233,7 @@ class Conversation:
             case Cmd.shifts:
                 return self._shifts(turn, page=0)
             case Cmd.more:
-                listing = self.store.load_listing(turn.inbound.user)
+                listing = turn.store.load_listing(turn.inbound.user)
                 if listing is None or listing.kind != "shifts":
                     return self._shifts(turn, page=0)
                 return self._shifts(turn, page=listing.page + 1)
@@ -264,7 +265,7 @@ class Conversation:
 
     def _task_ref(self, turn: Turn, ref: Ref, kinds: tuple[str, ...]) -> int:
         """A list position from the last list shown, else (or with a T) a task id."""
-        listing = self.store.load_listing(turn.inbound.user)
+        listing = turn.store.load_listing(turn.inbound.user)
         if (
             not ref.is_task_id
             and listing is not None
@@ -414,7 +415,7 @@ class Conversation:
             )
         tail = copy.SHIFTS_TAIL + (copy.SHIFTS_MORE if start + PAGE < len(views) else "")
         text, _n = fit(copy.SHIFTS_HEAD, lines, tail)
-        self.store.save_listing(
+        turn.store.save_listing(
             turn.inbound.user, Listing("shifts", [v.task.id for v in views[: start + PAGE]], page)
         )
         return text
@@ -445,20 +446,20 @@ class Conversation:
             body += [copy.MINE_OFFERS, *offer_lines]
         tail = copy.MINE_HOURS.format(hours=hours_label(s.hours_year)) + ("\n" + copy.MINE_TAIL if lines else "")
         tail += "\n" + link
-        self.store.save_listing(turn.inbound.user, Listing("mine", ids))
+        turn.store.save_listing(turn.inbound.user, Listing("mine", ids))
         text, _ = fit("", body, tail)
         return text
 
     def _location(self, turn: Turn) -> str:
         ib = turn.inbound
         assert ib.lat is not None and ib.lng is not None
-        dialog = self.store.load(ib.user)
+        dialog = turn.store.load(ib.user)
         if dialog is not None and dialog.name == "sos":
             return self._sos_location(turn, ib.lat, ib.lng)
         if dialog is not None and dialog.name == "checkin_location":
             from dispatcher import services
 
-            self.store.clear(ib.user)
+            turn.store.clear(ib.user)
             out = services.check_in(
                 turn.session, turn.fx, person_id=turn.person.id, now=turn.now, lat=ib.lat, lng=ib.lng,
                 policy=self.settings.dispatch,
@@ -480,7 +481,7 @@ class Conversation:
                 for i, v in enumerate(views[:3], 1)
             ]
             if lines:
-                self.store.save_listing(ib.user, Listing("shifts", [v.task.id for v in views[:3]]))
+                turn.store.save_listing(ib.user, Listing("shifts", [v.task.id for v in views[:3]]))
                 extra, _ = fit(copy.NEARBY_SHIFTS, lines, copy.SHIFTS_TAIL, limit=2000 - len(text.encode()))
                 text += "\n\n" + extra
         return text
@@ -524,7 +525,7 @@ class Conversation:
         """"Call 120" first, always; the first-aiders are alerted by the worker after commit."""
         from jobs import sos
 
-        self.store.clear(turn.inbound.user)
+        turn.store.clear(turn.inbound.user)
         started = sos.start(turn.session, turn.fx, caller=turn.person, lat=lat, lng=lng, now=turn.now,
                             policy=self.settings.dispatch, label=turn.inbound.label)  # fmt: skip
         status = copy.SOS_STATUS[started.status].format(id=started.task_id)
