@@ -488,14 +488,16 @@ class Conversation:
 
     def _nearest_aeds(self, turn: Turn, lat: float, lng: float) -> str:
         d = 0.1  # ~10 km box; the city's 129 AEDs are few enough to rank in memory
+        # columns, not ORM objects: building ~100 AED objects cost more than ranking them
         rows = turn.session.exec(
-            select(AED).where(
+            select(col(AED.id), col(AED.name), col(AED.lat), col(AED.lng), col(AED.hours)).where(
                 AED.status == AEDStatus.in_service,
                 col(AED.lat).between(lat - d, lat + d),
                 col(AED.lng).between(lng - d, lng + d),
             )
         ).all()
-        points = [aed_rank.AEDPoint(a.id or 0, a.name, a.lat, a.lng, a.hours, True) for a in rows]
+        points = [aed_rank.AEDPoint(a_id or 0, name, a_lat, a_lng, hours, True)
+                  for a_id, name, a_lat, a_lng, hours in rows]  # fmt: skip
         local = turn.now.astimezone(self.tz).time()
         hits = aed_rank.nearest(_aed_candidates(points, lat, lng, local, k=3), lat, lng, local, k=3)
         if not hits:
@@ -601,9 +603,13 @@ def _aed_candidates(points: list[aed_rank.AEDPoint], lat: float, lng: float, at:
     if len(points) <= 2 * k:
         return points
     keep: list[aed_rank.AEDPoint] = []
+    opening: dict[str, bool] = {}  # a few distinct hours strings among many AEDs: parse each once
+    for p in points:
+        if p.hours not in opening:
+            opening[p.hours] = aed_rank.is_open(p.hours, at)
     for group in (
-        [p for p in points if aed_rank.is_open(p.hours, at)],
-        [p for p in points if not aed_rank.is_open(p.hours, at)],
+        [p for p in points if opening[p.hours]],
+        [p for p in points if not opening[p.hours]],
     ):
         ranked = sorted(((haversine_m(lat, lng, p.lat, p.lng), p) for p in group), key=lambda dp: dp[0])
         if len(ranked) > k:
