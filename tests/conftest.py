@@ -139,6 +139,21 @@ def _has_sqlite_sequence(conn: object) -> bool:
     return row is not None
 
 
+@pytest.fixture(scope="session")
+def pg_engine(pg_database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
+    """PostgreSQL only, for tests that need it whatever the back-end parameter."""
+    eng = _engine_for(pg_database_url, tmp_path_factory.mktemp("var"))
+    yield eng
+    eng.dispose()
+
+
+@pytest.fixture
+def pg_sessions(pg_engine: Engine) -> Iterator[sessionmaker[Session]]:
+    wipe(pg_engine)
+    yield session_factory(pg_engine)
+    wipe(pg_engine)
+
+
 @pytest.fixture
 def sessions(engine: Engine) -> Iterator[sessionmaker[Session]]:
     """A session factory on a clean, migrated database (both back ends)."""
