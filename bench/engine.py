@@ -238,7 +238,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"replies identical to the baseline: {same}/{len(a)}")
             for x, y in zip(a, b, strict=True):
                 if x["reply"] != y["reply"]:
-                    print(f"first difference ({x['cmd']}):\n--- baseline\n{x['reply']}\n--- current\n{y['reply']}")
+                    import difflib
+
+                    print(f"first difference ({x['cmd']}):")
+                    print("\n".join(difflib.unified_diff(x["reply"].splitlines(), y["reply"].splitlines(),
+                                                        "baseline", "current", lineterm="")))
                     break
             ratio = summaries["baseline"]["(all)"]["mean"] / summaries["current"]["(all)"]["mean"]
             print(f"current is {ratio:.2f}x the baseline's speed (mean per message)")

@@ -16,7 +16,8 @@ from zoneinfo import ZoneInfo
 
 import redis
 from aiohttp import web
-from sqlalchemy import bindparam
+from sqlalchemy import bindparam, update
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import sessionmaker
 from sqlmodel import Session, col, select
 
@@ -30,7 +31,7 @@ from dispatcher import aed as aed_rank
 from dispatcher.effects import Effects
 from dispatcher.geo import amap_link, format_distance, haversine_m, tencent_map_link
 from dispatcher.services import StatusView
-from models.db import transaction, utcnow
+from models.db import is_read_only_refusal, read_transaction, transaction, utcnow
 from models.outbox import queue_message
 from models.settings import Settings
 from models.tables import AED, AEDStatus, Campaign, GridUnit, Person, PersonStatus
@@ -60,19 +61,57 @@ class Conversation:
         self.tz = ZoneInfo(settings.tz)
         self.store = DialogStore(redis_client, ttl_s=settings.dialog_ttl_s)
         self.clock = clock
+        # SQLite only: there every writing transaction holds the one write lock from its start
+        bind = sessions.kw.get("bind")
+        self.read_only_first = getattr(getattr(bind, "dialect", None), "name", "") == "sqlite"
 
     # --- the Handler protocol ---------------------------------------------------------------
 
     def handle(self, inbound: Inbound) -> str | None:
+        if self.read_only_first and _may_only_read(inbound):
+            # Most messages only read (帮助, 班次, 我的, a location...): on SQLite they then need not
+            # queue for the write lock. Anything that turns out to need a write (a new or
+            # stale person, deferred deliveries, an open dialog) starts again as a writer
+            # before it has changed anything.
+            try:
+                reply, touch = self._handle(inbound, read_only=True)
+                if touch is not None:
+                    self._touch(touch)
+                return reply
+            except _NeedsWrite:
+                pass
+            except OperationalError as exc:
+                if not is_read_only_refusal(exc):
+                    raise
+                # a path wrongly thought read-only: SQLite refused the write, nothing is lost
+                log.warning("read-only turn tried to write; retried as a writer")
+        return self._handle(inbound, read_only=False)[0]
+
+    def _handle(self, inbound: Inbound, *, read_only: bool) -> tuple[str | None, tuple[int, datetime] | None]:
+        """The reply, and (read-only turns) a person whose last interaction is to be recorded."""
         fx = Effects()
         now = self.clock()  # type: ignore[operator]
-        with transaction(self.sessions) as session:
-            person = self._person(session, inbound, now, fx)
+        with (read_transaction if read_only else transaction)(self.sessions) as session:
+            person = self._person(session, inbound, now, fx, read_only=read_only)
             # this message's view of the sender's dialog state: one Redis round trip to read it
             turn = Turn(inbound, session, person, fx, now, self.tz, self.store.for_user(inbound.user), self.settings)
-            reply = self._route(turn)
+            reply = self._route(turn, read_only=read_only)
+            touch = None
+            if read_only and _interaction_stale(person.last_interaction_at, now) and person.id is not None:
+                touch = (person.id, now)
         self._apply(fx, urgent=inbound.text.strip().lower() in ("急救", "sos"))
-        return clip(reply) if reply else None
+        return (clip(reply) if reply else None), touch
+
+    def _touch(self, touch: tuple[int, datetime]) -> None:
+        """Record a read-only turn's interaction time: the one write of that message, alone in
+        a transaction of one UPDATE, so the write lock is held for it only, not for the turn.
+        Guarded as in _person (at most once a minute), so a racing message changes nothing."""
+        person_id, now = touch
+        with transaction(self.sessions) as session:
+            # Core, not the ORM's bulk update (which cost ~3x as much here)
+            session.connection().execute(
+                _touch_query(), {"pid": person_id, "now": now, "cutoff": now - INTERACTION_RESOLUTION}
+            )
 
     def deliver_late(self, user: str, text: str) -> None:
         """A reply that missed WeChat's 5-second window goes as a customer-service message."""
@@ -101,19 +140,21 @@ class Conversation:
             # committed work is not lost: the reconciler re-creates missing jobs from the DB
             log.warning("could not enqueue effects now; the reconciler will pick them up")
 
-    def _person(self, session: Session, inbound: Inbound, now: datetime, fx: Effects) -> Person:
+    def _person(self, session: Session, inbound: Inbound, now: datetime, fx: Effects, *,
+                read_only: bool = False) -> Person:  # fmt: skip
         from jobs.outbound import release_deferred
 
         row = session.exec(_person_query(), params={"openid": inbound.user}).first()
         person, deferred = row if row is not None else (None, False)
+        if read_only and (person is None or deferred or not person.subscribed):
+            raise _NeedsWrite  # (a stale interaction time is written after the turn: _touch)
         if person is None:
             person = Person(openid=inbound.user, status=PersonStatus.pending, subscribed=True)
-        if not (inbound.kind == "event" and inbound.event == "unsubscribe"):
+        if not read_only and not (inbound.kind == "event" and inbound.event == "unsubscribe"):
             # Rewritten only when it moved by a minute: most messages then write nothing, and
             # a read-only transaction commits without a disk flush (bench/README.md, Webhook).
             # The 48-hour window is judged at most a minute short: never a send outside it.
-            last = person.last_interaction_at
-            if last is None or not (timedelta(0) <= now - last < INTERACTION_RESOLUTION):
+            if _interaction_stale(person.last_interaction_at, now):
                 person.last_interaction_at = now
             if not person.subscribed:
                 person.subscribed = True
@@ -126,12 +167,14 @@ class Conversation:
 
     # --- routing ----------------------------------------------------------------------------
 
-    def _route(self, turn: Turn) -> str | None:
+    def _route(self, turn: Turn, *, read_only: bool = False) -> str | None:
         ib = turn.inbound
         user = ib.user
         if ib.kind == "event":
             return self._event(turn)
         dialog = turn.store.load(user)
+        if read_only and dialog is not None:
+            raise _NeedsWrite  # a dialog step may write; nothing has been changed yet
         if ib.kind == "location":
             if dialog and (dialog.name, dialog.step) in dialogs.LOCATION_STEPS:
                 return dialogs.STEPS[dialog.name](turn, dialog)
@@ -617,6 +660,40 @@ def _aed_candidates(points: list[aed_rank.AEDPoint], lat: float, lng: float, at:
             ranked = [dp for dp in ranked if dp[0] <= edge]
         keep += [p for _d, p in ranked]
     return keep
+
+
+class _NeedsWrite(Exception):
+    """A turn begun read-only needs to write: it is run again in a writing transaction."""
+
+
+# What never writes to the database when no dialog is open (a dialog is checked in _route).
+READ_ONLY_CMDS = frozenset({Cmd.help, Cmd.shifts, Cmd.more, Cmd.mine, Cmd.aed})
+
+
+def _may_only_read(inbound: Inbound) -> bool:
+    if inbound.kind == "location":
+        return True  # nearest AEDs and shifts; a location some dialog waits for is caught in _route
+    if inbound.kind != "text":
+        return False
+    parsed = parse(inbound.text)
+    return parsed is None or parsed.cmd in READ_ONLY_CMDS
+
+
+def _interaction_stale(last: datetime | None, now: datetime) -> bool:
+    return last is None or not (timedelta(0) <= now - last < INTERACTION_RESOLUTION)
+
+
+@cache
+def _touch_query() -> Any:
+    """Set the interaction time if it is a minute old or more (or in the future): _interaction_stale."""
+    t = Person.__table__.c  # type: ignore[attr-defined]
+    last = t.last_interaction_at
+    return (
+        update(Person.__table__)  # type: ignore[arg-type]
+        .where(t.id == bindparam("pid"))
+        .where(last.is_(None) | (last > bindparam("now")) | (last <= bindparam("cutoff")))
+        .values(last_interaction_at=bindparam("now"))
+    )
 
 
 @cache

@@ -18,6 +18,8 @@ from sqlmodel import Session, create_engine
 
 from models.settings import Settings
 
+READ_ONLY = "redgrid_read_only"  # execution option: see read_transaction
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
@@ -77,9 +79,18 @@ def make_engine(settings: Settings, **kwargs: Any) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _sqlite_begin(conn: Any) -> None:
-            # BEGIN IMMEDIATE takes the write lock at the start, so a guarded read-then-write
-            # (e.g. filling a task's last slot) cannot interleave with another writer.
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            read_only = bool(conn.get_execution_options().get(READ_ONLY))
+            if conn.info.get("query_only", False) != read_only:
+                # a read-only transaction cannot write by mistake: SQLite refuses it
+                conn.exec_driver_sql(f"PRAGMA query_only={'ON' if read_only else 'OFF'}")
+                conn.info["query_only"] = read_only
+            if read_only:
+                # a plain (deferred) BEGIN: readers never wait for the write lock (WAL)
+                conn.exec_driver_sql("BEGIN")
+            else:
+                # BEGIN IMMEDIATE takes the write lock at the start, so a guarded read-then-write
+                # (e.g. filling a task's last slot) cannot interleave with another writer.
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         # Let SQLAlchemy's own BEGIN be replaced by ours (pysqlite's implicit BEGIN is off).
         @event.listens_for(engine, "connect", insert=True)
@@ -102,3 +113,22 @@ def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
     """A session whose work commits on success and rolls back on any error."""
     with factory() as session, session.begin():
         yield session
+
+
+@contextmanager
+def read_transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
+    """A transaction for work that only reads.
+
+    On SQLite it does not take the write lock (every ``transaction`` does, with BEGIN
+    IMMEDIATE), so read-only work runs beside a writer instead of queueing behind it; any
+    write in it fails (``PRAGMA query_only``) rather than racing. On PostgreSQL it is a plain
+    transaction.
+    """
+    with factory() as session, session.begin():
+        session.connection(execution_options={READ_ONLY: True})
+        yield session
+
+
+def is_read_only_refusal(exc: BaseException) -> bool:
+    """A write attempted inside ``read_transaction`` on SQLite."""
+    return "attempt to write a readonly database" in str(exc)
