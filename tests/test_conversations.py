@@ -282,3 +282,45 @@ async def test_mine_carries_a_signed_link_to_the_volunteer_pages(settings, serve
     url = mine.split('<a href="', 1)[1].split('"', 1)[0]
     assert url.startswith(settings.public_base_url)
     assert read_link(settings, url.rsplit("/", 1)[1]) == world.volunteer
+
+
+async def test_a_message_releases_that_persons_deferred_deliveries(settings, server, world, sessions, redis_client) -> None:  # type: ignore[no-untyped-def]
+    from rq import Queue
+
+    from models import DeliveryStatus
+
+    with sessions() as s, s.begin():
+        mine = Delivery(dedupe_key="broadcast:1:v", person_id=world.volunteer, purpose="broadcast",
+                        text="周日宣传", status=DeliveryStatus.deferred)  # fmt: skip
+        other = Delivery(dedupe_key="broadcast:1:g", person_id=world.gridworker, purpose="broadcast",
+                         text="周日宣传", status=DeliveryStatus.deferred)  # fmt: skip
+        s.add_all([mine, other])
+        s.flush()
+        mine_id, other_id = mine.id, other.id
+    v = sim(settings, server, "demo-volunteer")
+    assert "班次" in await say(v, "帮助")  # a read-only command still releases them
+    with sessions() as s:
+        assert s.get(Delivery, mine_id).status == DeliveryStatus.pending  # type: ignore[union-attr]
+        assert s.get(Delivery, other_id).status == DeliveryStatus.deferred  # type: ignore[union-attr]
+    assert f"delivery-{mine_id}" in Queue("default", connection=redis_client).job_ids
+
+
+async def test_read_only_turns_still_record_people(settings, server, world, sessions) -> None:  # type: ignore[no-untyped-def]
+    from datetime import timedelta
+
+    stale = utcnow() - timedelta(hours=3)
+    with sessions() as s, s.begin():
+        p = s.get(Person, world.volunteer)
+        assert p is not None
+        p.last_interaction_at, p.subscribed = stale, False
+        s.add(p)
+    v = sim(settings, server, "demo-volunteer")
+    assert "班次" in await say(v, "帮助")
+    newcomer = sim(settings, server, "brand-new")
+    assert "AED" in await say(newcomer, "帮助")
+    with sessions() as s:
+        p = s.get(Person, world.volunteer)
+        assert p is not None and p.subscribed and p.last_interaction_at is not None
+        assert p.last_interaction_at > stale + timedelta(hours=2)
+        n = s.exec(select(Person).where(Person.openid == "brand-new")).one()
+        assert n.status == PersonStatus.pending and n.last_interaction_at is not None

@@ -107,3 +107,27 @@ def test_secrets_are_not_in_repr() -> None:
     s = Settings(wechat_app_secret="s3cr3t-value", wechat_token="tok-value")
     assert "s3cr3t-value" not in repr(s) and "tok-value" not in repr(s)
     assert datetime.now(UTC).tzinfo is UTC
+
+
+def test_read_transaction_refuses_writes_on_sqlite(sqlite_database_url: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from models.db import is_read_only_refusal, make_engine, read_transaction, session_factory, transaction
+    from models.migrate import upgrade
+    from models.settings import load_settings
+
+    engine = make_engine(load_settings(database_url=sqlite_database_url, var_dir=tmp_path))
+    upgrade(engine)
+    factory = session_factory(engine)
+    try:
+        with pytest.raises(Exception) as err, read_transaction(factory) as s:
+            s.add(AuditEntry(action="t", entity="x"))
+            s.flush()
+        assert is_read_only_refusal(err.value)
+        with transaction(factory) as s:  # the same connection is a writer again afterwards
+            s.add(AuditEntry(action="ok", entity="x"))
+        with read_transaction(factory) as s:
+            assert [a.action for a in s.exec(select(AuditEntry))] == ["ok"]
+    finally:
+        with transaction(factory) as s:
+            for a in s.exec(select(AuditEntry)):
+                s.delete(a)
+        engine.dispose()
