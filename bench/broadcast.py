@@ -23,7 +23,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -47,14 +46,11 @@ from models.redisconn import connect_redis  # noqa: E402
 from models.settings import load_settings  # noqa: E402
 from models.tables import Campaign, CampaignStatus, Person  # noqa: E402
 from tests.fakewechat import FakeWeChat, make_grid, make_person  # noqa: E402
+from tests.procs import free_port as _free_port  # noqa: E402
 
 APPID, SECRET = "wx1234567890abcdef", "bench-secret"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _family(pid: int) -> list[int]:

@@ -33,7 +33,6 @@ import asyncio
 import os
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -42,6 +41,8 @@ import time
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
+
+from tests.procs import free_port, spawn_redis
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -54,34 +55,10 @@ M = 1 / 111_195  # degrees of latitude per metre
 FIRST_AIDERS = [(30, 0), (-60, 0), (0, 90), (120, 0), (-150, 0), (0, -180)]  # metres north, east
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
-def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"process exited early with {proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"nothing listening on {port} after {timeout}s")
 
 
-def spawn_redis(workdir: Path) -> tuple[str, subprocess.Popen[bytes]]:
-    exe = shutil.which("redis-server")
-    if exe is None:
-        raise SystemExit("redis-server not found: install it or set REDGRID_BENCH_REDIS_URL")
-    port = free_port()
-    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                             "--dir", str(workdir)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    wait_port(port, proc)
-    return f"redis://127.0.0.1:{port}/0", proc
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:

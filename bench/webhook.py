@@ -34,7 +34,6 @@ import json
 import os
 import random
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -42,6 +41,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from tests.procs import free_port, spawn_redis, wait_port
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "bench-token-0123456789"
@@ -103,35 +104,10 @@ def serve_echo(port: int, aes: bool) -> None:
 # --- services ---------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
-def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"server exited early with {proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise SystemExit(f"nothing listening on {port} after {timeout}s")
 
 
-def spawn_redis(workdir: Path) -> tuple[str, subprocess.Popen[bytes]]:
-    exe = shutil.which("redis-server")
-    if exe is None:
-        raise SystemExit("redis-server not found: install it or set REDGRID_BENCH_REDIS_URL")
-    port = free_port()
-    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no", "--dir", str(workdir)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_port(port, proc)
-    return f"redis://127.0.0.1:{port}/0", proc
 
 
 def prepare_database(url: str, volunteers: int) -> dict[str, int]:

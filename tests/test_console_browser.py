@@ -9,7 +9,6 @@ import asyncio
 import csv
 import io
 import shutil
-import socket
 import threading
 from collections.abc import Iterator
 from datetime import timedelta
@@ -27,6 +26,7 @@ from models.db import utcnow
 from models.settings import Settings
 from models.tables import Campaign, Delivery, DeliveryStatus, Person, Task
 from tests.conftest import require
+from tests.procs import free_port as _free_port
 from tests.test_console_world import PASSWORD, ConsoleWorld, build_console_world, cheap_argon2
 
 CHROMIUM = "/usr/bin/chromium"
@@ -52,10 +52,6 @@ def browser() -> Iterator[Any]:
         b.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture

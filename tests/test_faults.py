@@ -18,7 +18,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -48,6 +47,7 @@ from models.settings import Settings, load_settings
 from models.tables import Delivery, DeliveryStatus, Person, PersonStatus
 from tests import fakewechat
 from tests.conftest import PG_URL, require
+from tests.procs import free_port
 from tests.world import World, build_world
 
 pytestmark = pytest.mark.slow
@@ -62,10 +62,6 @@ jobrt = fakewechat.jobrt
 # --- a Redis of our own ------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class OwnRedis:
