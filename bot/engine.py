@@ -34,7 +34,7 @@ from dispatcher.services import StatusView
 from models.db import is_read_only_refusal, read_transaction, transaction, utcnow
 from models.outbox import queue_message
 from models.settings import Settings
-from models.tables import AED, AEDStatus, Campaign, GridUnit, Person, PersonStatus
+from models.tables import AED, AEDStatus, Campaign, GridUnit, Person, PersonStatus, Task
 
 log = logging.getLogger(__name__)
 
@@ -296,6 +296,9 @@ class Conversation:
                 return self._sos(turn)
         return copy.UNKNOWN
 
+    def _when(self, task: Task, now: datetime) -> str:
+        return when_label(task.starts_at, task.ends_at, now, self.tz)
+
     def _help(self, person: Person) -> str:
         lines = list(copy.HELP_LINES["all"])
         if person.is_volunteer:
@@ -334,7 +337,7 @@ class Conversation:
             task = out.task
             if task is None:
                 return copy.BAD_NUMBER.format(n=parsed.ref.number, list_cmd=list_cmd)
-            when = when_label(task.starts_at, task.ends_at, turn.now, self.tz)
+            when = self._when(task, turn.now)
             match out.status:
                 case "accepted":
                     return copy.SIGNUP_OK.format(title=task.title, place=task.place, when=when)
@@ -345,7 +348,7 @@ class Conversation:
                 case "overlap":
                     clash = out.clash
                     assert clash is not None
-                    other_when = when_label(clash.starts_at, clash.ends_at, turn.now, self.tz)
+                    other_when = self._when(clash, turn.now)
                     return copy.SIGNUP_OVERLAP.format(other=clash.title, when=other_when)
                 case "not_eligible":
                     skills = "、".join(copy.SKILL_LABEL.get(s, s) for s in out.missing_skills) or "相应资质"
@@ -357,7 +360,7 @@ class Conversation:
             case "cancelled":
                 task = out_c.task
                 assert task is not None
-                when = when_label(task.starts_at, task.ends_at, turn.now, self.tz)
+                when = self._when(task, turn.now)
                 return copy.CANCEL_OK.format(title=task.title, when=when)
             case "too_late":
                 hours = hours_label(self.settings.dispatch.cancel_cutoff_s / 3600)
@@ -390,7 +393,7 @@ class Conversation:
             case "accepted":
                 task = out.task
                 assert task is not None
-                when = when_label(task.starts_at, task.ends_at, turn.now, self.tz)
+                when = self._when(task, turn.now)
                 text = copy.ACCEPT_OK.format(title=task.title, when=when, place=task.place or "见任务说明")
                 if out.contact is not None:
                     role = "网格员" if out.contact.is_grid_worker else "联系人"
@@ -417,7 +420,7 @@ class Conversation:
         if out.status in ("checked_in", "already") and task is not None:
             turn.save(Dialog("checkin_location", "location", {"task_id": task.id}))
             tmpl = copy.CHECKIN_OK if out.status == "checked_in" else copy.CHECKIN_ALREADY
-            return tmpl.format(title=task.title, when=when_label(task.starts_at, task.ends_at, turn.now, self.tz))
+            return tmpl.format(title=task.title, when=self._when(task, turn.now))
         return copy.CHECKIN_NONE
 
     def _checkout(self, turn: Turn) -> str:
@@ -454,7 +457,7 @@ class Conversation:
             dist = f" · {format_distance(v.distance_m)}" if v.distance_m is not None else ""
             where = t.place or ""
             lines.append(
-                f"{i} {t.title} · {where} · {when_label(t.starts_at, t.ends_at, turn.now, self.tz)} · {state}{dist}"
+                f"{i} {t.title} · {where} · {self._when(t, turn.now)} · {state}{dist}"
             )
         tail = copy.SHIFTS_TAIL + (copy.SHIFTS_MORE if start + PAGE < len(views) else "")
         text, _n = fit(copy.SHIFTS_HEAD, lines, tail)
@@ -471,10 +474,10 @@ class Conversation:
         ids: list[int] = []
         for i, (a, t) in enumerate(s.upcoming, 1):
             label = copy.ASSIGNMENT_LABEL.get(a.status.value, a.status.value).format(pos=a.waitlist_pos)
-            lines.append(f"{i} {t.title} · {when_label(t.starts_at, t.ends_at, turn.now, self.tz)} · {label}")
+            lines.append(f"{i} {t.title} · {self._when(t, turn.now)} · {label}")
             ids.append(t.id)
         offer_lines = [
-            f"T{t.id} {t.title} · {when_label(t.starts_at, t.ends_at, turn.now, self.tz)}（回复「接受 {t.id}」）"
+            f"T{t.id} {t.title} · {self._when(t, turn.now)}（回复「接受 {t.id}」）"
             for _a, t in s.offers
         ]
         from bot.console.volunteer import volunteer_link
@@ -519,7 +522,7 @@ class Conversation:
             views = services.open_shifts(turn.session, person=turn.person, now=turn.now, lat=ib.lat, lng=ib.lng,
                                          limit=3)
             lines = [
-                f"{i} {v.task.title} · {when_label(v.task.starts_at, v.task.ends_at, turn.now, self.tz)}"
+                f"{i} {v.task.title} · {self._when(v.task, turn.now)}"
                 + (f" · {format_distance(v.distance_m)}" if v.distance_m is not None else "")
                 for i, v in enumerate(views[:3], 1)
             ]
@@ -624,7 +627,7 @@ class Conversation:
             lines.append(copy.STATUS_UNFILLED.format(n=len(view.unfilled)))
             lines += [
                 copy.STATUS_SHIFT.format(
-                    title=t.task.title, when=when_label(t.task.starts_at, t.task.ends_at, turn.now, self.tz),
+                    title=t.task.title, when=self._when(t.task, turn.now),
                     filled=t.accepted, slots=t.task.slots,
                 )
                 for t in view.unfilled[:5]
