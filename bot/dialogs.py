@@ -69,6 +69,12 @@ class Turn:
         return normalize(self.inbound.text)
 
     @property
+    def pid(self) -> int:
+        """The person's id (the engine flushes a new person before any step runs)."""
+        assert self.person.id is not None
+        return self.person.id
+
+    @property
     def has_location(self) -> bool:
         return self.inbound.lat is not None and self.inbound.lng is not None
 

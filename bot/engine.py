@@ -227,7 +227,7 @@ class Conversation:
                 turn.session.add(person)
                 from dispatcher import services
 
-                services.withdraw_offers(turn.session, turn.fx, person_id=person.id, now=turn.now)
+                services.withdraw_offers(turn.session, turn.fx, person_id=turn.pid, now=turn.now)
                 turn.store.clear(ib.user)
                 return None
             case "click":
@@ -331,9 +331,11 @@ class Conversation:
             return copy.PICK_NUMBER.format(cmd=word, list_cmd=list_cmd)
         kinds = ("shifts",) if parsed.cmd == Cmd.signup else ("mine", "shifts")
         task_id = self._task_ref(turn, parsed.ref, kinds)
-        args = {"person_id": turn.person.id, "task_id": task_id, "now": turn.now, "policy": self.settings.dispatch}
+        policy = self.settings.dispatch
         if parsed.cmd == Cmd.signup:
-            out = services.sign_up(turn.session, turn.fx, **args)
+            out = services.sign_up(
+                turn.session, turn.fx, person_id=turn.pid, task_id=task_id, now=turn.now, policy=policy
+            )
             task = out.task
             if task is None:
                 return copy.BAD_NUMBER.format(n=parsed.ref.number, list_cmd=list_cmd)
@@ -355,7 +357,9 @@ class Conversation:
                     return copy.SIGNUP_SKILLS.format(skills=skills)
                 case _:
                     return copy.SIGNUP_CLOSED
-        out_c = services.cancel(turn.session, turn.fx, **args)
+        out_c = services.cancel(
+            turn.session, turn.fx, person_id=turn.pid, task_id=task_id, now=turn.now, policy=policy
+        )
         match out_c.status:
             case "cancelled":
                 task = out_c.task
@@ -375,20 +379,24 @@ class Conversation:
         if parsed.ref is None:
             return copy.PICK_NUMBER.format(cmd=word, list_cmd="我的")
         task_id = parsed.ref.number
-        args = {"person_id": turn.person.id, "task_id": task_id, "now": turn.now, "policy": self.settings.dispatch}
+        policy = self.settings.dispatch
         from jobs import sos
 
         if sos.is_sos(turn.session, task_id):  # roles, the caller, stand-downs: jobs/sos.py
-            return sos.answer(turn.session, turn.fx, person_id=turn.person.id or 0, task_id=task_id,
-                              accept=parsed.cmd == Cmd.accept, now=turn.now, policy=self.settings.dispatch)
+            return sos.answer(turn.session, turn.fx, person_id=turn.pid, task_id=task_id,
+                              accept=parsed.cmd == Cmd.accept, now=turn.now, policy=policy)
         if parsed.cmd == Cmd.decline:
-            out = services.decline_offer(turn.session, turn.fx, **args)
+            out = services.decline_offer(
+                turn.session, turn.fx, person_id=turn.pid, task_id=task_id, now=turn.now, policy=policy
+            )
             if out.status in ("declined", "ok", "already"):
                 return copy.DECLINE_OK.format(id=task_id)
             if out.status == "expired":
                 return copy.ACCEPT_EXPIRED
             return copy.ACCEPT_NONE.format(id=task_id)
-        out = services.accept_offer(turn.session, turn.fx, **args)
+        out = services.accept_offer(
+            turn.session, turn.fx, person_id=turn.pid, task_id=task_id, now=turn.now, policy=policy
+        )
         match out.status:
             case "accepted":
                 task = out.task
@@ -414,7 +422,7 @@ class Conversation:
         from dispatcher import services
 
         out = services.check_in(
-            turn.session, turn.fx, person_id=turn.person.id, now=turn.now, policy=self.settings.dispatch
+            turn.session, turn.fx, person_id=turn.pid, now=turn.now, policy=self.settings.dispatch
         )
         task = out.task
         if out.status in ("checked_in", "already") and task is not None:
@@ -427,7 +435,7 @@ class Conversation:
         from dispatcher import services
 
         out = services.check_out(
-            turn.session, turn.fx, person_id=turn.person.id, now=turn.now, policy=self.settings.dispatch
+            turn.session, turn.fx, person_id=turn.pid, now=turn.now, policy=self.settings.dispatch
         )
         if out.status != "checked_out":
             return copy.CHECKOUT_NONE
@@ -469,7 +477,7 @@ class Conversation:
     def _mine(self, turn: Turn) -> str:
         from dispatcher import services
 
-        s = services.my_summary(turn.session, person_id=turn.person.id, now=turn.now)
+        s = services.my_summary(turn.session, person_id=turn.pid, now=turn.now)
         lines: list[str] = []
         ids: list[int] = []
         for i, (a, t) in enumerate(s.upcoming, 1):
@@ -482,7 +490,7 @@ class Conversation:
         ]
         from bot.console.volunteer import volunteer_link
 
-        link = copy.MINE_LINK.format(url=volunteer_link(self.settings, person_id=turn.person.id or 0))
+        link = copy.MINE_LINK.format(url=volunteer_link(self.settings, person_id=turn.pid or 0))
         if not lines and not offer_lines:
             return "\n".join([copy.MINE_NONE, copy.MINE_HOURS.format(hours=hours_label(s.hours_year)), link])
         body = []
@@ -507,7 +515,7 @@ class Conversation:
 
             turn.store.clear(ib.user)
             out = services.check_in(
-                turn.session, turn.fx, person_id=turn.person.id, now=turn.now, lat=ib.lat, lng=ib.lng,
+                turn.session, turn.fx, person_id=turn.pid, now=turn.now, lat=ib.lat, lng=ib.lng,
                 policy=self.settings.dispatch,
             )
             if out.status == "too_far" and out.distance_m is not None:
