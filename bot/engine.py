@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from datetime import datetime, time, timedelta
+from datetime import datetime, timedelta
 from functools import cache
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -29,7 +29,7 @@ from bot.state import Dialog, DialogStore, Listing
 from bot.views import age_label, clip, fit, hours_label, when_label
 from dispatcher import aed as aed_rank
 from dispatcher.effects import Effects
-from dispatcher.geo import amap_link, format_distance, haversine_m, tencent_map_link
+from dispatcher.geo import amap_link, format_distance, tencent_map_link
 from dispatcher.services import StatusView
 from models.db import is_read_only_refusal, read_transaction, transaction, utcnow
 from models.outbox import queue_message
@@ -553,7 +553,7 @@ class Conversation:
         points = [aed_rank.AEDPoint(a_id or 0, name, a_lat, a_lng, hours, True)
                   for a_id, name, a_lat, a_lng, hours in rows]  # fmt: skip
         local = turn.now.astimezone(self.tz).time()
-        hits = aed_rank.nearest(_aed_candidates(points, lat, lng, local, k=3), lat, lng, local, k=3)
+        hits = aed_rank.nearest(points, lat, lng, local, k=3)
         if not hits:
             return copy.AED_NONE + "\n" + copy.AED_TAIL
         lines = []
@@ -644,33 +644,6 @@ class Conversation:
             lines.append(copy.STATUS_NO_UNFILLED)
         lines.append(copy.STATUS_TODAY.format(n=len(view.today), checked_in=sum(t.checked_in for t in view.today)))
         return lines
-
-
-def _aed_candidates(points: list[aed_rank.AEDPoint], lat: float, lng: float, at: time,
-                    k: int) -> list[aed_rank.AEDPoint]:
-    """The few AEDs that can make the top ``k``, so only they get the (slow) geodesic.
-
-    ``nearest`` ranks open ones first unless a closed one is 3x closer, so its top k always
-    lie among the k nearest open and the k nearest closed. Haversine orders within 0.5% of the
-    geodesic: anything within 1% of each group's k-th haversine distance is kept.
-    """
-    if len(points) <= 2 * k:
-        return points
-    keep: list[aed_rank.AEDPoint] = []
-    opening: dict[str, bool] = {}  # a few distinct hours strings among many AEDs: parse each once
-    for p in points:
-        if p.hours not in opening:
-            opening[p.hours] = aed_rank.is_open(p.hours, at)
-    for group in (
-        [p for p in points if opening[p.hours]],
-        [p for p in points if not opening[p.hours]],
-    ):
-        ranked = sorted(((haversine_m(lat, lng, p.lat, p.lng), p) for p in group), key=lambda dp: dp[0])
-        if len(ranked) > k:
-            edge = ranked[k - 1][0] * 1.01 + 1.0
-            ranked = [dp for dp in ranked if dp[0] <= edge]
-        keep += [p for _d, p in ranked]
-    return keep
 
 
 class _NeedsWrite(Exception):

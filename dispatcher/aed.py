@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 from datetime import date, time
 
-from dispatcher.geo import distance_m
+from dispatcher.geo import distance_m, haversine_m
 
 _RANGE = re.compile(r"^\s*(\d{1,2}):(\d{2})\s*[-–~]\s*(\d{1,2}):(\d{2})\s*$")
 
@@ -75,11 +75,12 @@ def hours_label(hours: str) -> str:
     return "全天开放" if parse_hours(hours) is None else hours.replace("-", "–")
 
 
-def nearest(points: list[AEDPoint], lat: float, lng: float, at: time, k: int = 3) -> list[AEDHit]:
+def rank_all(points: list[AEDPoint], lat: float, lng: float, at: time, k: int = 3) -> list[AEDHit]:
     """The k nearest in-service AEDs, open ones first when an open one is about as near.
 
     A closed AED is listed only after the open ones unless it is more than 3x closer:
     a locked cabinet 100 m away loses to an open one 250 m away, not to one 5 km away.
+    Every point gets the exact geodesic: the reference ``nearest`` must reproduce.
     """
     hits = [
         AEDHit(p, distance_m(lat, lng, p.lat, p.lng), is_open(p.hours, at), next_opening(p.hours, at))
@@ -95,6 +96,38 @@ def nearest(points: list[AEDPoint], lat: float, lng: float, at: time, k: int = 3
         return (1, h.distance_m)
 
     return sorted(hits, key=key)[:k]
+
+
+def candidates(points: list[AEDPoint], lat: float, lng: float, at: time, k: int) -> list[AEDPoint]:
+    """The few in-service AEDs that can make the top ``k``, so only they get the (slow) geodesic.
+
+    ``rank_all`` ranks open ones first unless a closed one is 3x closer, so its top k always
+    lie among the k nearest open and the k nearest closed. Haversine orders within 0.5% of the
+    geodesic: anything within 1% of each group's k-th haversine distance is kept.
+    """
+    points = [p for p in points if p.in_service]
+    if len(points) <= 2 * k:
+        return points
+    keep: list[AEDPoint] = []
+    opening: dict[str, bool] = {}  # a few distinct hours strings among many AEDs: parse each once
+    for p in points:
+        if p.hours not in opening:
+            opening[p.hours] = is_open(p.hours, at)
+    for group in (
+        [p for p in points if opening[p.hours]],
+        [p for p in points if not opening[p.hours]],
+    ):
+        ranked = sorted(((haversine_m(lat, lng, p.lat, p.lng), p) for p in group), key=lambda dp: dp[0])
+        if len(ranked) > k:
+            edge = ranked[k - 1][0] * 1.01 + 1.0
+            ranked = [dp for dp in ranked if dp[0] <= edge]
+        keep += [p for _d, p in ranked]
+    return keep
+
+
+def nearest(points: list[AEDPoint], lat: float, lng: float, at: time, k: int = 3) -> list[AEDHit]:
+    """``rank_all``'s answer, computing exact distances only for the candidates."""
+    return rank_all(candidates(points, lat, lng, at, k), lat, lng, at, k)
 
 
 def inspection_due(last_inspected_on: date | None, today: date, every_days: int) -> bool:

@@ -36,7 +36,7 @@ from sqlalchemy.engine import Engine
 
 from bot import dialogs, wechat
 from bot.app import create_app
-from bot.engine import Conversation, _aed_candidates
+from bot.engine import Conversation
 from bot.inbound import Inbound
 from bot.simulator import Simulator
 from bot.state import Dialog, DialogStore
@@ -366,6 +366,6 @@ def test_aed_prefilter_gives_the_same_three(points: list[tuple[float, float, str
 
     aeds = [aed_rank.AEDPoint(i, f"AED{i}", a, b, h, True) for i, (a, b, h) in enumerate(points)]
     at = dtime(hour, 30)
-    full = aed_rank.nearest(aeds, qlat, qlng, at, k=3)
-    fast = aed_rank.nearest(_aed_candidates(aeds, qlat, qlng, at, k=3), qlat, qlng, at, k=3)
+    full = aed_rank.rank_all(aeds, qlat, qlng, at, k=3)
+    fast = aed_rank.nearest(aeds, qlat, qlng, at, k=3)
     assert [h.aed.id for h in fast] == [h.aed.id for h in full]
