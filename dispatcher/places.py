@@ -29,10 +29,28 @@ class Place:
         return " · ".join([*parts, short])
 
 
+def path_ids(unit: GridUnit) -> tuple[int, ...]:
+    """Ancestor ids from the materialized path, root first, ending with the unit itself."""
+    ids = [int(p) for p in (unit.path or "").split("/") if p.strip().isdigit()]
+    if not ids or ids[-1] != unit.id:
+        ids.append(int(unit.id or 0))
+    return tuple(ids)
+
+
+def ancestor_chain(session: Session, grid_id: int) -> list[GridUnit]:
+    """The unit and its ancestors, root first (one query)."""
+    unit = session.get(GridUnit, grid_id)
+    if unit is None:
+        return []
+    ids = path_ids(unit)
+    rows = {u.id: u for u in session.exec(select(GridUnit).where(col(GridUnit.id).in_(ids)))}
+    rows[unit.id] = unit
+    return [rows[i] for i in ids if i in rows]
+
+
 def ancestors(session: Session, unit: GridUnit) -> dict[Level, GridUnit]:
-    ids = [int(p) for p in unit.path.strip("/").split("/") if p]
-    rows = session.exec(select(GridUnit).where(col(GridUnit.id).in_(ids))).all() if ids else []
-    found = {u.level: u for u in rows}
+    """The unit and its ancestors by level."""
+    found = {u.level: u for u in ancestor_chain(session, unit.id or 0)}
     found[unit.level] = unit
     return found
 

@@ -25,7 +25,7 @@ from sqlalchemy import func, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
-from dispatcher import shifts, texts, waves
+from dispatcher import places, shifts, texts, waves
 from dispatcher.effects import Effects
 from dispatcher.geo import cell
 from dispatcher.index import VolunteerIndex
@@ -177,22 +177,11 @@ def _units(session: Session, grid_id: int | None) -> tuple[int, ...]:
     unit = session.get(GridUnit, grid_id)
     if unit is None:
         return (grid_id,)
-    return _path_ids(unit)
-
-
-def _path_ids(unit: GridUnit) -> tuple[int, ...]:
-    ids = [int(p) for p in (unit.path or "").split("/") if p.strip().isdigit()]
-    if not ids or ids[-1] != unit.id:
-        ids.append(int(unit.id or 0))
-    return tuple(ids)
+    return places.path_ids(unit)
 
 
 def _ancestors(session: Session, grid_id: int) -> list[GridUnit]:
-    ids = _units(session, grid_id)
-    if not ids:
-        return []
-    rows = {u.id: u for u in session.exec(select(GridUnit).where(col(GridUnit.id).in_(ids)))}
-    return [rows[i] for i in ids if i in rows]
+    return places.ancestor_chain(session, grid_id)
 
 
 def _town(session: Session, grid_id: int) -> GridUnit | None:
@@ -953,7 +942,7 @@ def _subtree_grid_ids(session: Session, scope_grid_id: int) -> list[int]:
     scope = session.get(GridUnit, scope_grid_id)
     if scope is None:
         return []
-    prefix = "/" + "/".join(str(i) for i in _path_ids(scope)) + "/"
+    prefix = "/" + "/".join(str(i) for i in places.path_ids(scope)) + "/"
     ids = list(session.exec(select(GridUnit.id).where(col(GridUnit.path).startswith(prefix))))
     return sorted({int(i) for i in ids if i is not None} | {scope_grid_id})
 
@@ -1056,7 +1045,7 @@ def volunteer_snapshot(p: Person, certs: Iterable[Certificate], units: tuple[int
 def refresh_index(session: Session, index: VolunteerIndex, *, now: datetime) -> int:
     """Bring the index up to date with people changed since its watermark; returns how many."""
     if not index.units or index.watermark is None:
-        index.units = {int(u.id or 0): _path_ids(u) for u in session.exec(select(GridUnit))}
+        index.units = {int(u.id or 0): places.path_ids(u) for u in session.exec(select(GridUnit))}
     q = select(Person)
     if index.watermark is None:
         q = q.where(Person.is_volunteer)
@@ -1074,7 +1063,7 @@ def refresh_index(session: Session, index: VolunteerIndex, *, now: datetime) -> 
     missing_units = {p.home_grid_id for p in people if p.home_grid_id and p.home_grid_id not in index.units}
     if missing_units:
         for u in session.exec(select(GridUnit).where(col(GridUnit.id).in_(missing_units))):
-            index.units[int(u.id or 0)] = _path_ids(u)
+            index.units[int(u.id or 0)] = places.path_ids(u)
     for p in people:
         if p.is_volunteer and p.lat is not None and p.lng is not None and p.status != PersonStatus.left:
             units = index.units.get(p.home_grid_id or -1, ())
