@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo
 
 import redis
 from aiohttp import web
-from sqlalchemy import bindparam, update
+from sqlalchemy import bindparam
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import sessionmaker
 from sqlmodel import Session, col, select
@@ -30,9 +30,11 @@ from bot.views import age_label, clip, fit, hours_label, when_label
 from dispatcher import aed as aed_rank
 from dispatcher.effects import Effects
 from dispatcher.geo import amap_link, format_distance, tencent_map_link
-from dispatcher.services import StatusView
+from dispatcher.services import Shift, ShiftBoard, StatusView
+from models import interactions
 from models.db import is_read_only_refusal, read_transaction, transaction, utcnow
 from models.outbox import queue_message
+from models.readcache import ReadCache
 from models.settings import Settings
 from models.tables import AED, AEDStatus, Campaign, GridUnit, Person, PersonStatus, Task
 
@@ -60,6 +62,7 @@ class Conversation:
         self.redis = redis_client
         self.tz = ZoneInfo(settings.tz)
         self.store = DialogStore(redis_client, ttl_s=settings.dialog_ttl_s)
+        self.cache = ReadCache(settings.read_cache_s)
         self.clock = clock
         # SQLite only: there every writing transaction holds the one write lock from its start
         bind = sessions.kw.get("bind")
@@ -74,10 +77,7 @@ class Conversation:
             # stale person, deferred deliveries, an open dialog) starts again as a writer
             # before it has changed anything.
             try:
-                reply, touch = self._handle(inbound, read_only=True)
-                if touch is not None:
-                    self._touch(touch)
-                return reply
+                return self._handle(inbound, read_only=True)
             except _NeedsWrite:
                 pass
             except OperationalError as exc:
@@ -85,10 +85,9 @@ class Conversation:
                     raise
                 # a path wrongly thought read-only: SQLite refused the write, nothing is lost
                 log.warning("read-only turn tried to write; retried as a writer")
-        return self._handle(inbound, read_only=False)[0]
+        return self._handle(inbound, read_only=False)
 
-    def _handle(self, inbound: Inbound, *, read_only: bool) -> tuple[str | None, tuple[int, datetime] | None]:
-        """The reply, and (read-only turns) a person whose last interaction is to be recorded."""
+    def _handle(self, inbound: Inbound, *, read_only: bool) -> str | None:
         fx = Effects()
         now = self.clock()  # type: ignore[operator]
         with (read_transaction if read_only else transaction)(self.sessions) as session:
@@ -96,22 +95,22 @@ class Conversation:
             # this message's view of the sender's dialog state: one Redis round trip to read it
             turn = Turn(inbound, session, person, fx, now, self.tz, self.store.for_user(inbound.user), self.settings)
             reply = self._route(turn, read_only=read_only)
-            touch = None
-            if read_only and _interaction_stale(person.last_interaction_at, now) and person.id is not None:
-                touch = (person.id, now)
+            touch = _interaction_stale(person.last_interaction_at, now) and person.subscribed
+        if touch and person.id is not None:
+            self._touch(person.id, now)  # before the effects: a released delivery sees it
         self._apply(fx, urgent=inbound.text.strip().lower() in ("急救", "sos"))
-        return (clip(reply) if reply else None), touch
+        return clip(reply) if reply else None
 
-    def _touch(self, touch: tuple[int, datetime]) -> None:
-        """Record a read-only turn's interaction time: the one write of that message, alone in
-        a transaction of one UPDATE, so the write lock is held for it only, not for the turn.
-        Guarded as in _person (at most once a minute), so a racing message changes nothing."""
-        person_id, now = touch
-        with transaction(self.sessions) as session:
-            # Core, not the ORM's bulk update (which cost ~3x as much here)
-            session.connection().execute(
-                _touch_query(), {"pid": person_id, "now": now, "cutoff": now - INTERACTION_RESOLUTION}
-            )
+    def _touch(self, person_id: int, now: datetime) -> None:
+        """Record the interaction time of a turn that did not write it (most do not): buffered
+        in Redis and written to the person row by a periodic flush (models/interactions.py),
+        so a lookup stays a reader, and a turn's transaction writes only what it changed."""
+        try:
+            interactions.record(self.redis, person_id, now)
+        except redis.RedisError:
+            # the 48-hour window is then judged from an older time: a send deferred, never
+            # one outside the window
+            log.warning("could not record an interaction time now")
 
     def deliver_late(self, user: str, text: str) -> None:
         """A reply that missed WeChat's 5-second window goes as a customer-service message."""
@@ -147,17 +146,18 @@ class Conversation:
         row = session.exec(_person_query(), params={"openid": inbound.user}).first()
         person, deferred = row if row is not None else (None, False)
         if read_only and (person is None or deferred or not person.subscribed):
-            raise _NeedsWrite  # (a stale interaction time is written after the turn: _touch)
+            raise _NeedsWrite
         if person is None:
-            person = Person(openid=inbound.user, status=PersonStatus.pending, subscribed=True)
-        if not read_only and not (inbound.kind == "event" and inbound.event == "unsubscribe"):
-            # Rewritten only when it moved by a minute: most messages then write nothing, and
-            # a read-only transaction commits without a disk flush (bench/README.md, Webhook).
-            # The 48-hour window is judged at most a minute short: never a send outside it.
-            if _interaction_stale(person.last_interaction_at, now):
-                person.last_interaction_at = now
-            if not person.subscribed:
-                person.subscribed = True
+            # created now: with its interaction time, as the row is written anyway
+            person = Person(openid=inbound.user, status=PersonStatus.pending, subscribed=True,
+                            last_interaction_at=now)
+        elif (deferred or not person.subscribed) and not (inbound.kind == "event" and inbound.event == "unsubscribe"):
+            # back (a message from someone we thought gone), or messages waiting for this very
+            # interaction: the row is the record they are sent by. Otherwise the time is
+            # buffered after the turn (_touch), at most once a minute; the 48-hour window is
+            # then judged at most a minute short: never a send outside it.
+            person.subscribed = True
+            person.last_interaction_at = now
         if person.id is None:
             session.add(person)
             session.flush()
@@ -296,7 +296,7 @@ class Conversation:
                 return self._sos(turn)
         return copy.UNKNOWN
 
-    def _when(self, task: Task, now: datetime) -> str:
+    def _when(self, task: Task | Shift, now: datetime) -> str:
         return when_label(task.starts_at, task.ends_at, now, self.tz)
 
     def _help(self, person: Person) -> str:
@@ -448,7 +448,7 @@ class Conversation:
         # ever listed): geodesics are then computed only for the rows that can be on it
         start = page * PAGE
         views = services.open_shifts(turn.session, person=turn.person, now=turn.now, days=7,
-                                     limit=min(SHIFTS_MAX, start + PAGE + 1))
+                                     limit=min(SHIFTS_MAX, start + PAGE + 1), board=self._board(turn))
         if not views:
             return copy.SHIFTS_NONE
         if start >= len(views):
@@ -463,10 +463,7 @@ class Conversation:
                 else copy.SHIFT_FULL
             )  # fmt: skip
             dist = f" · {format_distance(v.distance_m)}" if v.distance_m is not None else ""
-            where = t.place or ""
-            lines.append(
-                f"{i} {t.title} · {where} · {self._when(t, turn.now)} · {state}{dist}"
-            )
+            lines.append(f"{i} {t.title} · {v.place} · {self._when(t, turn.now)} · {state}{dist}")
         tail = copy.SHIFTS_TAIL + (copy.SHIFTS_MORE if start + PAGE < len(views) else "")
         text, _n = fit(copy.SHIFTS_HEAD, lines, tail)
         turn.store.save_listing(
@@ -528,7 +525,7 @@ class Conversation:
             from dispatcher import services
 
             views = services.open_shifts(turn.session, person=turn.person, now=turn.now, lat=ib.lat, lng=ib.lng,
-                                         limit=3)
+                                         limit=3, board=self._board(turn))
             lines = [
                 f"{i} {v.task.title} · {self._when(v.task, turn.now)}"
                 + (f" · {format_distance(v.distance_m)}" if v.distance_m is not None else "")
@@ -540,18 +537,25 @@ class Conversation:
                 text += "\n\n" + extra
         return text
 
-    def _nearest_aeds(self, turn: Turn, lat: float, lng: float) -> str:
-        d = 0.1  # ~10 km box; the city's 129 AEDs are few enough to rank in memory
+    def _board(self, turn: Turn) -> ShiftBoard:
+        """The week's shift board, shared by this process's messages for a moment (readcache)."""
+        from dispatcher import services
+
+        return self.cache.get("shift_board", lambda: services.shift_board(turn.session, now=turn.now, days=7))
+
+    def _aed_map(self, session: Session) -> list[aed_rank.AEDPoint]:
         # columns, not ORM objects: building ~100 AED objects cost more than ranking them
-        rows = turn.session.exec(
-            select(col(AED.id), col(AED.name), col(AED.lat), col(AED.lng), col(AED.hours)).where(
-                AED.status == AEDStatus.in_service,
-                col(AED.lat).between(lat - d, lat + d),
-                col(AED.lng).between(lng - d, lng + d),
-            )
+        rows = session.exec(
+            select(col(AED.id), col(AED.name), col(AED.lat), col(AED.lng), col(AED.hours))
+            .where(AED.status == AEDStatus.in_service)
         ).all()
-        points = [aed_rank.AEDPoint(a_id or 0, name, a_lat, a_lng, hours, True)
-                  for a_id, name, a_lat, a_lng, hours in rows]  # fmt: skip
+        return [aed_rank.AEDPoint(a_id or 0, name, a_lat, a_lng, hours, True)
+                for a_id, name, a_lat, a_lng, hours in rows]  # fmt: skip
+
+    def _nearest_aeds(self, turn: Turn, lat: float, lng: float) -> str:
+        d = 0.1  # ~10 km box; the city's AEDs (a few hundred at most) are ranked in memory
+        points = [p for p in self.cache.get("aed_map", lambda: self._aed_map(turn.session))
+                  if abs(p.lat - lat) <= d and abs(p.lng - lng) <= d]  # fmt: skip
         local = turn.now.astimezone(self.tz).time()
         hits = aed_rank.nearest(points, lat, lng, local, k=3)
         if not hits:
@@ -665,19 +669,6 @@ def _may_only_read(inbound: Inbound) -> bool:
 
 def _interaction_stale(last: datetime | None, now: datetime) -> bool:
     return last is None or not (timedelta(0) <= now - last < INTERACTION_RESOLUTION)
-
-
-@cache
-def _touch_query() -> Any:
-    """Set the interaction time if it is a minute old or more (or in the future): _interaction_stale."""
-    t = Person.__table__.c  # type: ignore[attr-defined]
-    last = t.last_interaction_at
-    return (
-        update(Person.__table__)  # type: ignore[arg-type]
-        .where(t.id == bindparam("pid"))
-        .where(last.is_(None) | (last > bindparam("now")) | (last <= bindparam("cutoff")))
-        .values(last_interaction_at=bindparam("now"))
-    )
 
 
 @cache

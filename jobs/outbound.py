@@ -41,6 +41,7 @@ from sqlmodel import Session, col, select
 
 from jobs import queues
 from jobs.runtime import Runtime, runtime
+from models import interactions
 from models.db import utcnow
 from models.exceptions import WeChatAPIError, WeChatUnavailable
 from models.settings import Settings
@@ -283,7 +284,9 @@ def deliver(rt: Runtime, delivery_id: int) -> Outcome:
             now=now,
             openid=person.openid if person else None,
             subscribed=bool(person and person.subscribed),
-            last_interaction_at=person.last_interaction_at if person else None,
+            # the row's time, or a newer one still buffered in Redis (models/interactions.py)
+            last_interaction_at=(interactions.latest(rt.redis, person.id, person.last_interaction_at)
+                                 if person is not None and person.id is not None else None),
             template_id=template_id,
         )
         if way == "unreachable":

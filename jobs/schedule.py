@@ -53,10 +53,12 @@ def run_cron(settings: Settings) -> None:
 def _register_jobs() -> None:
     """RedGrid's own periodic work (jobs/ modules); cron expressions are Asia/Shanghai."""
     from jobs.digest import daily_digest, weekly_hours
+    from jobs.interactions import flush_interactions
     from jobs.reconcile import reconcile, reconcile_at_start
 
     SCHEDULE.extend([
         Periodic(reconcile, queues.DEFAULT, interval=300),  # rebuild lost jobs from the DB
+        Periodic(flush_interactions, queues.DEFAULT, interval=60),  # models/interactions.py
         Periodic(daily_digest, queues.DEFAULT, cron="0 8 * * *"),  # coordinators, 08:00
         Periodic(weekly_hours, queues.BULK, cron="0 9 * * 1"),  # volunteers, Monday 09:00
     ])

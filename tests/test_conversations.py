@@ -324,3 +324,35 @@ async def test_read_only_turns_still_record_people(settings, server, world, sess
         assert p.last_interaction_at > stale + timedelta(hours=2)
         n = s.exec(select(Person).where(Person.openid == "brand-new")).one()
         assert n.status == PersonStatus.pending and n.last_interaction_at is not None
+
+
+async def test_read_only_turns_buffer_the_interaction_time(settings, server, world, sessions, redis_client) -> None:  # type: ignore[no-untyped-def]
+    """A subscribed person's lookup writes nothing to the database: the time waits in Redis
+    (models/interactions.py) until the periodic flush, which moves it forward only."""
+    from datetime import timedelta
+
+    from models import interactions
+
+    stale = utcnow() - timedelta(hours=3)
+    with sessions() as s, s.begin():
+        p = s.get(Person, world.volunteer)
+        assert p is not None and p.subscribed
+        p.last_interaction_at = stale
+    v = sim(settings, server, "demo-volunteer")
+    before = utcnow()
+    assert "班次" in await say(v, "帮助")
+    with sessions() as s:
+        assert s.get(Person, world.volunteer).last_interaction_at == stale  # type: ignore[union-attr]
+    buffered = interactions.latest(redis_client, world.volunteer, stale)
+    assert buffered is not None and buffered >= before - timedelta(seconds=1)
+
+    assert interactions.flush(redis_client, sessions) == 1
+    with sessions() as s:
+        flushed = s.get(Person, world.volunteer).last_interaction_at  # type: ignore[union-attr]
+    assert flushed is not None and abs((flushed - buffered).total_seconds()) < 0.01
+    # a time older than the row's never moves it back
+    interactions.record(redis_client, world.volunteer, stale)
+    assert interactions.flush(redis_client, sessions) == 1
+    with sessions() as s:
+        assert s.get(Person, world.volunteer).last_interaction_at == flushed  # type: ignore[union-attr]
+    assert interactions.flush(redis_client, sessions) == 0

@@ -115,6 +115,19 @@ def test_outside_48h_without_template_waits_for_next_message(jobrt: Runtime, fak
     assert _row(jobrt, did).status == DeliveryStatus.sent
 
 
+def test_a_buffered_interaction_opens_the_window(jobrt: Runtime, fake: FakeWeChat) -> None:
+    """The row says 60 hours ago, but the person wrote a minute ago (a read-only turn, buffered
+    in Redis until the flush, models/interactions.py): the message goes now, not deferred."""
+    from models import interactions
+
+    fake.set_user(OPENID, last_interaction=time.time() - 60)
+    pid, did = _queue(jobrt, last=_now(jobrt) - timedelta(hours=60))
+    interactions.record(jobrt.redis, pid, _now(jobrt) - timedelta(minutes=1))
+    work(jobrt.redis)
+    assert [m.kind for m in fake.received(OPENID)] == ["text"]
+    assert _row(jobrt, did).status == DeliveryStatus.sent
+
+
 def test_outside_48h_with_template_goes_as_template(jobrt: Runtime, fake: FakeWeChat) -> None:
     jobrt.settings = jobrt.settings.model_copy(update={"template_shift_reminder": "TPL-REMIND"})
     fake.add_template("TPL-REMIND")
