@@ -140,6 +140,15 @@ def demo_openids(url: str, n: int, rng: random.Random) -> list[str]:
     return rows[:n]
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time the process has used so far (/proc/PID/stat)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return float("nan")
+
+
 def peak_rss_mb(pid: int) -> float:
     """VmHWM: the process's peak resident set so far."""
     try:
@@ -165,6 +174,7 @@ class Result:
     p99_ms: float
     peak_rss_mb: float
     statuses: dict[int, int]
+    cpu_ms: float = float("nan")  # the web process's CPU time per request (user + system)
 
     @property
     def rps(self) -> float:
@@ -249,12 +259,15 @@ def measure(targets: dict[str, tuple[str, int]], openids: list[str], args: argpa
     pooled: dict[str, tuple[list[float], int, dict[int, int], float]] = {
         app: ([], 0, {}, 0.0) for app in targets
     }
+    cpu = dict.fromkeys(targets, 0.0)
     for url, _pid in targets.values():  # warm-up: connections, caches, the JIT-less Python
         asyncio.run(run_load(url, build_requests(openids, min(300, per_round), args.mode, rng), concurrency, 20))
     for _ in range(args.rounds):
-        for app, (url, _pid) in targets.items():
+        for app, (url, pid) in targets.items():
             reqs = build_requests(openids, per_round, args.mode, rng)
+            cpu0 = cpu_seconds(pid)
             lat, errors, statuses, elapsed = asyncio.run(run_load(url, reqs, concurrency, args.max_seconds))
+            cpu[app] += cpu_seconds(pid) - cpu0
             all_lat, all_err, all_st, all_s = pooled[app]
             all_lat += lat
             for code, n in statuses.items():
@@ -262,7 +275,7 @@ def measure(targets: dict[str, tuple[str, int]], openids: list[str], args: argpa
             pooled[app] = (all_lat, all_err + errors, all_st, all_s + elapsed)
     return [
         Result(app, concurrency, len(lat), errors, secs, pct(lat, 50), pct(lat, 99), peak_rss_mb(targets[app][1]),
-               statuses)
+               statuses, cpu[app] * 1000 / len(lat) if lat else float("nan"))
         for app, (lat, errors, statuses, secs) in pooled.items()
     ]
 
@@ -274,6 +287,8 @@ def start_ours(env: dict[str, str], port: int, log_path: Path, root: Path = ROOT
     logf = log_path.open("ab")
     # exactly what `redgrid web` runs
     cmd = [sys.executable, "-m", "redgrid.cli", "web", "--port", str(port)]
+    if os.environ.get("BENCH_YAPPI"):  # a script that runs `redgrid web` under a profiler
+        cmd = [sys.executable, os.environ["BENCH_YAPPI"], "--port", str(port)]
     if os.environ.get("BENCH_PROFILE"):  # py-spy's collapsed stacks of the web process
         cmd = ["py-spy", "record", "-r", "250", "--threads", "-f", "raw", "-o", os.environ["BENCH_PROFILE"], "--", *cmd]
     proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=logf, stderr=logf)
@@ -363,13 +378,13 @@ def main(argv: list[str] | None = None) -> int:
                 results.append(res)
                 print(f"{res.app:5} c={level:<4} {res.rps:8.0f} req/s  p50 {res.p50_ms:7.1f} ms  "
                       f"p99 {res.p99_ms:7.1f} ms  errors {res.errors}/{res.requests}  "
-                      f"peak RSS {res.peak_rss_mb:6.1f} MB", flush=True)
+                      f"peak RSS {res.peak_rss_mb:6.1f} MB  CPU {res.cpu_ms:.2f} ms/req", flush=True)
         print()
-        print("| concurrency | app | req/s | p50 ms | p99 ms | errors | peak RSS MB |")
-        print("| --- | --- | --- | --- | --- | --- | --- |")
+        print("| concurrency | app | req/s | p50 ms | p99 ms | errors | peak RSS MB | CPU ms/req |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- |")
         for r in results:
             print(f"| {r.concurrency} | {r.app} | {r.rps:.0f} | {r.p50_ms:.1f} | {r.p99_ms:.1f} | "
-                  f"{r.errors}/{r.requests} | {r.peak_rss_mb:.0f} |")
+                  f"{r.errors}/{r.requests} | {r.peak_rss_mb:.0f} | {r.cpu_ms:.2f} |")
         print()
         verdict = 0
         for level in levels:

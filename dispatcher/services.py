@@ -85,7 +85,7 @@ def _policy(policy: DispatchPolicy | None) -> DispatchPolicy:
 
 @dataclass(frozen=True)
 class ShiftView:
-    task: Task
+    task: Shift
     distance_m: float | None
     open_slots: int
     waitlist: int
@@ -306,17 +306,37 @@ def hours_year(session: Session, *, person_id: int, now: datetime) -> float:
 # --- shifts ----------------------------------------------------------------------------------
 
 
-def open_shifts(
-    session: Session,
-    *,
-    person: Person,
-    now: datetime,
-    days: int = 7,
-    lat: float | None = None,
-    lng: float | None = None,
-    limit: int = 50,
-) -> list[ShiftView]:
-    """Upcoming sign-up shifts (full ones too: their waitlist is open), nearest first."""
+@dataclass(frozen=True)
+class Shift:
+    """A sign-up shift as lists show it: a plain, immutable copy of the task's row (safe to
+    share between threads and to keep after its session closed; see ShiftBoard)."""
+
+    id: int
+    title: str
+    place: str
+    grid_id: int
+    starts_at: datetime
+    ends_at: datetime
+    lat: float | None
+    lng: float | None
+    slots: int
+    accepted_count: int
+
+
+@dataclass(frozen=True)
+class ShiftBoard:
+    """The coming days' open sign-up shifts with their waitlists and place names: everything in
+    a shift list that is the same for every reader. A web process may reuse one for a moment
+    (bot/engine.py, ``READ_CACHE_S``); ``open_shifts`` adds the reader's own part."""
+
+    taken_at: datetime
+    days: int
+    shifts: tuple[Shift, ...]
+    waitlists: dict[int, int]
+    places: dict[int, str]
+
+
+def shift_board(session: Session, *, now: datetime, days: int = 7) -> ShiftBoard:
     tasks = list(
         session.exec(
             select(Task).where(
@@ -327,33 +347,62 @@ def open_shifts(
             )
         )
     )
-    if not tasks:
-        return []
-    if lat is None or lng is None:
-        lat, lng = person.lat, person.lng
-    ranked = _nearest_tasks(tasks, lat, lng, limit)
-    ids = [t.id for _d, t in ranked]
+    ids = [int(t.id or 0) for t in tasks]
     waitlists: dict[int, int] = dict(
         session.exec(  # type: ignore[arg-type]
             select(Assignment.task_id, func.count())
             .where(col(Assignment.task_id).in_(ids), Assignment.status == AS.waitlisted)
             .group_by(col(Assignment.task_id))
         ).all()
+    ) if ids else {}
+    shifts_ = tuple(
+        Shift(int(t.id or 0), t.title, t.place or "", t.grid_id, t.starts_at, t.ends_at, t.lat, t.lng,
+              t.slots, t.accepted_count)
+        for t in tasks
     )
+    return ShiftBoard(now, days, shifts_, waitlists, {int(t.id or 0): place_name(session, t) for t in tasks})
+
+
+def open_shifts(
+    session: Session,
+    *,
+    person: Person,
+    now: datetime,
+    days: int = 7,
+    lat: float | None = None,
+    lng: float | None = None,
+    limit: int = 50,
+    board: ShiftBoard | None = None,
+) -> list[ShiftView]:
+    """Upcoming sign-up shifts (full ones too: their waitlist is open), nearest first.
+
+    ``board``: a recent ``shift_board`` to reuse (taken for at least ``days``); shifts that
+    have started since it was taken are left out."""
+    if board is None or board.days < days:
+        board = shift_board(session, now=now, days=days)
+    until = now + timedelta(days=days)
+    tasks = [t for t in board.shifts if now < t.starts_at <= until]
+    if not tasks:
+        return []
+    if lat is None or lng is None:
+        lat, lng = person.lat, person.lng
+    ranked = _nearest_tasks(tasks, lat, lng, limit)
+    ids = [t.id for _d, t in ranked]
     mine: dict[int, str] = {}
     if person.id is not None:
-        for a in session.exec(
-            select(Assignment).where(Assignment.person_id == person.id, col(Assignment.task_id).in_(ids))
+        for task_id, status in session.exec(  # type: ignore[call-overload]
+            select(Assignment.task_id, Assignment.status)
+            .where(Assignment.person_id == person.id, col(Assignment.task_id).in_(ids))
         ):
-            mine[a.task_id] = str(a.status.value if hasattr(a.status, "value") else a.status)
+            mine[task_id] = str(status.value if hasattr(status, "value") else status)
     return [
         ShiftView(
             task=t,
             distance_m=d,
             open_slots=shifts.open_slots(t.slots, t.accepted_count),
-            waitlist=waitlists.get(int(t.id or 0), 0),
-            my_status=mine.get(int(t.id or 0)),
-            place=place_name(session, t),
+            waitlist=board.waitlists.get(t.id, 0),
+            my_status=mine.get(t.id),
+            place=board.places.get(t.id, t.place),
         )
         for d, t in ranked
     ]
@@ -365,8 +414,8 @@ _HAVERSINE_SLACK = 1.02
 
 
 def _nearest_tasks(
-    tasks: list[Task], lat: float | None, lng: float | None, limit: int
-) -> list[tuple[float | None, Task]]:
+    tasks: list[Shift], lat: float | None, lng: float | None, limit: int
+) -> list[tuple[float | None, Shift]]:
     """The ``limit`` first tasks by (geodesic distance, start, id), with their distances.
 
     The same list as computing every geodesic and sorting, but the (slow, ~0.15 ms) geodesic

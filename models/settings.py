@@ -128,6 +128,8 @@ class Settings(BaseSettings):
     ratelimit_messages: int = Field(default=20, ge=0)
     ratelimit_window_s: float = Field(default=10.0, gt=0)
     web_threads: int = Field(default=8, ge=1, le=64)
+    # how long a web process reuses the shift board and AED map (models/readcache.py); 0: off
+    read_cache_s: float = Field(default=2.0, ge=0, le=60)
 
     dispatch: DispatchPolicy = DispatchPolicy()
 

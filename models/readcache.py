@@ -1,0 +1,77 @@
+"""Short-lived per-process snapshots of shared, read-mostly data (the week's shift board, the
+AED map), so a busy web process does not rebuild them for every message.
+
+A snapshot is reused for at most ``ttl_s`` seconds (``READ_CACHE_S``, default 2; 0 turns
+caching off), and is dropped at once when anything in this process commits a write to the
+database: a person who has just signed up sees the new count in their next list. Writes
+made by other processes (workers, other web processes, the console) show within ``ttl_s``.
+Only what is the same for everyone is cached: never a person's own row or assignments, and
+every write path (sign-up, accept) still decides from the database under its guards.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Hashable
+from typing import Any, TypeVar
+
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+
+T = TypeVar("T")
+
+_WRITES = ("INSERT", "UPDATE", "DELETE", "REPLAC", "UPSERT")
+_generation = [0]  # commits that wrote something, in this process (only ever grows)
+_lock = threading.Lock()
+
+
+@event.listens_for(Engine, "after_cursor_execute")
+def _note_write(conn: Any, _cursor: Any, statement: str, _params: Any, _context: Any, _many: bool) -> None:
+    if statement.lstrip()[:6].upper() in _WRITES:
+        conn.info["redgrid_wrote"] = True
+
+
+@event.listens_for(Engine, "commit")
+def _committed(conn: Any) -> None:
+    if conn.info.pop("redgrid_wrote", False):
+        with _lock:
+            _generation[0] += 1
+
+
+@event.listens_for(Engine, "rollback")
+def _rolled_back(conn: Any) -> None:
+    conn.info.pop("redgrid_wrote", None)
+
+
+def generation() -> int:
+    """How many writing commits this process has made so far."""
+    return _generation[0]
+
+
+class ReadCache:
+    def __init__(self, ttl_s: float, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl_s = ttl_s
+        self.clock = clock
+        self._entries: dict[Hashable, tuple[float, int, Any]] = {}
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: Hashable, load: Callable[[], T]) -> T:
+        """The snapshot under ``key``, or a fresh one from ``load()`` (kept for ``ttl_s``)."""
+        if self.ttl_s <= 0:
+            return load()
+        now = self.clock()
+        gen = _generation[0]
+        entry = self._entries.get(key)
+        if entry is not None and entry[0] > now and entry[1] == gen:
+            self.hits += 1
+            return entry[2]  # type: ignore[no-any-return]
+        self.misses += 1
+        value = load()
+        # two threads may load the same key at once: both values are good, the last one stays
+        self._entries[key] = (now + self.ttl_s, gen, value)
+        return value
+
+    def clear(self) -> None:
+        self._entries.clear()

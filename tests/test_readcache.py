@@ -1,0 +1,86 @@
+"""Per-process snapshots (models/readcache.py): reused for a moment, dropped by this process's
+own writes at once, and by other processes' writes within READ_CACHE_S."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+from aiohttp.test_utils import TestServer
+from sqlalchemy import text
+
+from bot.app import create_app
+from bot.simulator import Simulator
+from models.db import utcnow
+from models.readcache import ReadCache, generation
+from models.settings import Settings
+from models.tables import Person
+from tests.world import World, build_world
+
+
+def test_snapshots_expire_and_writes_drop_them(sessions) -> None:  # type: ignore[no-untyped-def]
+    t = [100.0]
+    cache = ReadCache(2.0, clock=lambda: t[0])
+    loads: list[int] = []
+
+    def load() -> int:
+        loads.append(1)
+        return len(loads)
+
+    assert cache.get("k", load) == 1
+    assert cache.get("k", load) == 1  # reused
+    t[0] += 2.5
+    assert cache.get("k", load) == 2  # expired
+    # a read-only transaction leaves it
+    with sessions() as s, s.begin():
+        s.exec(text("SELECT 1"))  # type: ignore[call-overload]
+    assert cache.get("k", load) == 2
+    # a commit that wrote anything drops it at once
+    before = generation()
+    with sessions() as s, s.begin():
+        s.add(Person(openid="o-cache"))
+    assert generation() == before + 1
+    assert cache.get("k", load) == 3
+    # a write rolled back does not count
+    with pytest.raises(RuntimeError), sessions() as s, s.begin():
+        s.add(Person(openid="o-cache-2"))
+        s.flush()
+        raise RuntimeError
+    assert generation() == before + 1 and cache.get("k", load) == 3
+    assert ReadCache(0).get("k", load) == 4  # 0: off
+
+
+@pytest.fixture
+def world(sessions) -> World:  # type: ignore[no-untyped-def]
+    return build_world(sessions, utcnow())
+
+
+@pytest.fixture
+async def server(settings: Settings, world: World) -> AsyncIterator[TestServer]:
+    srv = TestServer(create_app(settings.model_copy(update={"read_cache_s": 0.5})), host="127.0.0.1")
+    await srv.start_server()
+    yield srv
+    await srv.close()
+
+
+def _line(listing: str, title: str) -> str:
+    return next(line for line in listing.splitlines() if title in line)
+
+
+async def test_shift_counts_stay_true(settings, server, world, sessions, engine) -> None:  # type: ignore[no-untyped-def]
+    url = str(server.make_url("/wechat"))
+    a = Simulator.from_settings(settings, url, "demo-volunteer")
+    b = Simulator.from_settings(settings, url, "v-1")
+    assert "还差2人" in _line(await b.send(b.text("班次")) or "", "爱心冰柜补货")
+    # a sign-up in this process shows in the next list at once
+    assert "报名成功" in (await a.send(a.text(f"报名 T{world.shift_near}")) or "")
+    assert "还差1人" in _line(await b.send(b.text("班次")) or "", "爱心冰柜补货")
+    # a write from elsewhere (raw SQL, as another process would) shows within READ_CACHE_S
+    with engine.connect() as conn:
+        raw = conn.connection.dbapi_connection
+        cur = raw.cursor()
+        cur.execute(f"UPDATE task SET accepted_count = 2 WHERE id = {int(world.shift_near)}")
+        raw.commit()
+    time.sleep(0.6)
+    assert "已满" in _line(await b.send(b.text("班次")) or "", "爱心冰柜补货")
