@@ -10,7 +10,7 @@ import math
 from urllib.parse import quote
 
 import h3
-from geopy.distance import geodesic
+from geographiclib.geodesic import Geodesic
 
 H3_RES = 8  # ~0.74 km² cells: a village-sized bucket
 
@@ -66,12 +66,21 @@ def cell(lat: float, lng: float, res: int = H3_RES) -> str:
     return str(h3.latlng_to_cell(lat, lng, res))
 
 
+_WGS84 = Geodesic.WGS84
+
+
 def distance_m(lat1: float, lng1: float, lat2: float, lng2: float) -> float:
-    """Geodesic distance on the WGS-84 ellipsoid (geopy, Karney's algorithm)."""
-    return float(geodesic((lat1, lng1), (lat2, lng2)).meters)
+    """Geodesic distance on the WGS-84 ellipsoid (Karney's algorithm).
+
+    geographiclib's solver, called directly: it is what geopy's ``geodesic`` runs inside,
+    without building a geopy object per call (which cost more than the solve; tests check
+    the two agree). Every distance and ranking in RedGrid comes from this one function, so
+    two searches that see the same places compute bit-identical keys.
+    """
+    return float(_WGS84.Inverse(lat1, lng1, lat2, lng2, Geodesic.DISTANCE)["s12"])
 
 
-_R = 6_371_008.8
+EARTH_R = 6_371_008.8  # mean radius (m), for the haversine bounds
 
 
 def haversine_m(lat1: float, lng1: float, lat2: float, lng2: float) -> float:
@@ -79,7 +88,7 @@ def haversine_m(lat1: float, lng1: float, lat2: float, lng2: float) -> float:
     p1, p2 = math.radians(lat1), math.radians(lat2)
     dp, dl = p2 - p1, math.radians(lng2 - lng1)
     a = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
-    return 2 * _R * math.asin(min(1.0, math.sqrt(a)))
+    return 2 * EARTH_R * math.asin(min(1.0, math.sqrt(a)))
 
 
 def format_distance(meters: float) -> str:

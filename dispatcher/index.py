@@ -21,8 +21,8 @@ from datetime import datetime
 
 import h3
 
+from dispatcher.geo import EARTH_R
 from dispatcher.matching import (
-    EARTH_R,
     HAVERSINE_LOWER,
     NO_FACTS,
     Clock,

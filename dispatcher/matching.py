@@ -17,38 +17,21 @@ order is total and the index and the brute-force scan agree exactly.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from geographiclib.geodesic import Geodesic
-
+from dispatcher.geo import distance_m, haversine_m
 from models.settings import DispatchPolicy
 
 LOCAL_TZ = ZoneInfo("Asia/Shanghai")
-_WGS84 = Geodesic.WGS84
-EARTH_R = 6_371_008.8  # mean radius (m), for the haversine bounds
 # The spherical (haversine) distance never exceeds the WGS-84 geodesic by more than ~0.6%
 # at these latitudes; shrinking it by 1% makes it a safe lower bound.
 HAVERSINE_LOWER = 0.99
 
 
-def geodesic_m(lat1: float, lng1: float, lat2: float, lng2: float) -> float:
-    """Geodesic distance on WGS-84 (Karney, via geographiclib; what geopy uses inside).
-
-    Every ranking in the dispatcher uses this one function, so two searches that see the
-    same people compute bit-identical keys.
-    """
-    return float(_WGS84.Inverse(lat1, lng1, lat2, lng2, Geodesic.DISTANCE)["s12"])
-
-
-def haversine_m(lat1: float, lng1: float, lat2: float, lng2: float) -> float:
-    p1, p2 = math.radians(lat1), math.radians(lat2)
-    dp, dl = p2 - p1, math.radians(lng2 - lng1)
-    a = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
-    return 2 * EARTH_R * math.asin(min(1.0, math.sqrt(a)))
+geodesic_m = distance_m  # the dispatcher's name for it
 
 
 @dataclass(frozen=True, slots=True)

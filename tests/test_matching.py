@@ -226,3 +226,15 @@ def test_distance_dominates_beyond_the_band(d1: float, d2: float, f1: Facts, f2:
 def test_eligible_is_static_and_facts() -> None:
     assert eligible(vol(1), Facts(), spec(), POLICY, NOW)
     assert not eligible(vol(1), Facts(), spec(asked=frozenset({1})), POLICY, NOW)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.floats(28.8, 29.6), st.floats(119.9, 120.7), st.floats(28.8, 29.6), st.floats(119.9, 120.7))
+def test_distance_is_geopys_geodesic(lat1: float, lng1: float, lat2: float, lng2: float) -> None:
+    """dispatcher.geo.distance_m calls geographiclib directly; geopy's geodesic (the same
+    solver behind an object) is the reference it must match."""
+    from geopy.distance import geodesic
+
+    from dispatcher.geo import distance_m
+
+    assert abs(distance_m(lat1, lng1, lat2, lng2) - geodesic((lat1, lng1), (lat2, lng2)).meters) < 1e-6
