@@ -140,24 +140,47 @@ def demo_openids(url: str, n: int, rng: random.Random) -> list[str]:
     return rows[:n]
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (a gunicorn master and its workers)."""
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    tree, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        tree.append(p)
+        todo += parents.get(p, [])
+    return tree
+
+
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time the process has used so far (/proc/PID/stat)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return float("nan")
+    """User + system CPU time the process and its descendants have used so far (/proc)."""
+    total = 0.0
+    for p in process_tree(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
 
 
 def peak_rss_mb(pid: int) -> float:
-    """VmHWM: the process's peak resident set so far."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return float("nan")
+    """VmHWM, each process's peak resident set so far, summed over the process and its
+    descendants (for several processes: an upper bound of their peak together)."""
+    total = 0.0
+    for p in process_tree(pid):
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1]) / 1024
+        except OSError:
+            continue
+    return total or float("nan")
 
 
 # --- load ------------------------------------------------------------------------------------
@@ -329,6 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--volunteers", type=int, default=3000, help="demo seed size")
     ap.add_argument("--mode", choices=["plain", "safe"], default="plain")
     ap.add_argument("--threads", type=int, default=None, help="WEB_THREADS for our app")
+    ap.add_argument("--processes", type=int, default=1, help="WEB_PROCESSES for our app")
     ap.add_argument("--app-root", type=Path, default=ROOT,
                     help="serve our app from this checkout (e.g. a git worktree of an older commit)")
     ap.add_argument("--json", action="store_true", help="also print the results as JSON")
@@ -365,6 +389,7 @@ def main(argv: list[str] | None = None) -> int:
             env["WECHAT_AES_KEY"] = AES_KEY
         if args.threads:
             env["WEB_THREADS"] = str(args.threads)
+        env["WEB_PROCESSES"] = str(args.processes)
 
         results: list[Result] = []
         ports = {"echo": free_port(), "ours": free_port()}

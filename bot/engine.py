@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo
 import redis
 from aiohttp import web
 from sqlalchemy import bindparam
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import sessionmaker
 from sqlmodel import Session, col, select
 
@@ -64,28 +64,39 @@ class Conversation:
         self.store = DialogStore(redis_client, ttl_s=settings.dialog_ttl_s)
         self.cache = ReadCache(settings.read_cache_s)
         self.clock = clock
-        # SQLite only: there every writing transaction holds the one write lock from its start
-        bind = sessions.kw.get("bind")
-        self.read_only_first = getattr(getattr(bind, "dialect", None), "name", "") == "sqlite"
+        # person id -> the interaction time this process last buffered (until the flush moves
+        # the row, each message would otherwise buffer it again)
+        self._touched: dict[int, datetime] = {}
 
     # --- the Handler protocol ---------------------------------------------------------------
 
-    def handle(self, inbound: Inbound) -> str | None:
-        if self.read_only_first and _may_only_read(inbound):
-            # Most messages only read (帮助, 班次, 我的, a location...): on SQLite they then need not
-            # queue for the write lock. Anything that turns out to need a write (a new or
-            # stale person, deferred deliveries, an open dialog) starts again as a writer
-            # before it has changed anything.
-            try:
-                return self._handle(inbound, read_only=True)
-            except _NeedsWrite:
-                pass
-            except OperationalError as exc:
-                if not is_read_only_refusal(exc):
-                    raise
-                # a path wrongly thought read-only: SQLite refused the write, nothing is lost
-                log.warning("read-only turn tried to write; retried as a writer")
+    def handle(self, inbound: Inbound, *, writer: bool = False) -> str | None:
+        """Answer one message. Most messages only read (帮助, 班次, 我的, a location...): they are
+        tried as a read-only transaction first, which on SQLite need not queue for the write
+        lock. ``writer``: the caller knows it needs more (``try_read_only`` said so)."""
+        if not writer:
+            done, reply = self.try_read_only(inbound)
+            if done:
+                return reply
         return self._handle(inbound, read_only=False)
+
+    def try_read_only(self, inbound: Inbound) -> tuple[bool, str | None]:
+        """(True, the reply) when the message could be answered in a read-only transaction;
+        (False, None) when it needs a writer: a new, returning or owed person, an open dialog,
+        a command that writes. Nothing has been changed then. Never blocks on a lock, so the
+        webhook may run it on its event loop (bot/webhook.py)."""
+        if not _may_only_read(inbound):
+            return False, None
+        try:
+            return True, self._handle(inbound, read_only=True)
+        except _NeedsWrite:
+            return False, None
+        except DBAPIError as exc:
+            if not is_read_only_refusal(exc):
+                raise
+            # a path wrongly thought read-only: the database refused the write, nothing is lost
+            log.warning("read-only turn tried to write; retried as a writer")
+            return False, None
 
     def _handle(self, inbound: Inbound, *, read_only: bool) -> str | None:
         fx = Effects()
@@ -105,8 +116,13 @@ class Conversation:
         """Record the interaction time of a turn that did not write it (most do not): buffered
         in Redis and written to the person row by a periodic flush (models/interactions.py),
         so a lookup stays a reader, and a turn's transaction writes only what it changed."""
+        if not _interaction_stale(self._touched.get(person_id), now):
+            return
+        if len(self._touched) > 100_000:  # a day's senders at most: bounded, cheap to rebuild
+            self._touched.clear()
         try:
             interactions.record(self.redis, person_id, now)
+            self._touched[person_id] = now
         except redis.RedisError:
             # the 48-hour window is then judged from an older time: a send deferred, never
             # one outside the window
@@ -541,7 +557,8 @@ class Conversation:
         """The week's shift board, shared by this process's messages for a moment (readcache)."""
         from dispatcher import services
 
-        return self.cache.get("shift_board", lambda: services.shift_board(turn.session, now=turn.now, days=7))
+        return self.cache.get("shift_board", lambda: services.shift_board(turn.session, now=turn.now, days=7),
+                              tables=("task", "assignment", "grid_unit"))
 
     def _aed_map(self, session: Session) -> list[aed_rank.AEDPoint]:
         # columns, not ORM objects: building ~100 AED objects cost more than ranking them
@@ -554,7 +571,7 @@ class Conversation:
 
     def _nearest_aeds(self, turn: Turn, lat: float, lng: float) -> str:
         d = 0.1  # ~10 km box; the city's AEDs (a few hundred at most) are ranked in memory
-        points = [p for p in self.cache.get("aed_map", lambda: self._aed_map(turn.session))
+        points = [p for p in self.cache.get("aed_map", lambda: self._aed_map(turn.session), tables=("aed",))
                   if abs(p.lat - lat) <= d and abs(p.lng - lng) <= d]  # fmt: skip
         local = turn.now.astimezone(self.tz).time()
         hits = aed_rank.nearest(points, lat, lng, local, k=3)

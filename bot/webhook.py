@@ -5,7 +5,9 @@ parsed and deduped here; the engine sees only an ``Inbound``. Rules honoured:
 
 - answer within 5 s: the handler runs in a thread with ``reply_budget_s`` (4.5 s); when it
   takes longer WeChat gets "success" now and the answer goes later through
-  ``handler.deliver_late`` (a customer-service message);
+  ``handler.deliver_late`` (a customer-service message). A handler that can tell a turn that
+  only reads (``try_read_only``) has it run on the event loop instead, while such turns stay
+  fast (``InlineGate``): for them the thread hop cost more than the turn;
 - WeChat retries an unanswered POST three times: the first arrival claims a Redis key
   (SET NX EX) and stores its reply there, so every retry gets the same reply and the
   handler runs once; a retry that arrives mid-processing waits briefly for it;
@@ -27,7 +29,9 @@ import inspect
 import json
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any
 
 import redis
@@ -53,6 +57,7 @@ _REDIS_S = 1.0  # per dedupe call
 # The webhook's asyncio Redis client and the engine's thread pool (see handler_ctx).
 EDGE_REDIS = web.AppKey("edge_redis", aredis.Redis)
 POOL = web.AppKey("handler_pool", ThreadPoolExecutor)
+INLINE = web.AppKey("inline_gate", "InlineGate")
 
 # Events that change what we may send a person are never rate-limited or dropped.
 _NEVER_LIMITED = frozenset({"subscribe", "unsubscribe"})
@@ -100,6 +105,7 @@ def handler_ctx(factory: HandlerFactory | None):  # type: ignore[no-untyped-def]
         # The engine's own pool (not the loop's default one, which getaddrinfo and others
         # share): its size bounds how many messages touch the database at once.
         app[POOL] = ThreadPoolExecutor(max_workers=settings.web_threads, thread_name_prefix="engine")
+        app[INLINE] = InlineGate(enabled=settings.web_inline_reads)
         if factory is None:
             # imported here: the engine is optional for the adapter (tests pass a stub)
             from bot.engine import build_handler
@@ -248,7 +254,29 @@ async def _answer(app: web.Application, key: str, inbound: Inbound) -> tuple[str
 
 async def _run(app: web.Application, inbound: Inbound, budget: float) -> tuple[str | None, str]:
     handler = app[HANDLER]
-    work = asyncio.get_running_loop().run_in_executor(app[POOL], handler.handle, inbound)
+    call: Callable[[], str | None] = partial(handler.handle, inbound)
+    fast = getattr(handler, "try_read_only", None)
+    gate = app[INLINE]
+    if fast is not None and gate.open():
+        # Most messages only read: answered here on the loop, with no thread hop (which cost
+        # more CPU than such a turn itself: bench/README.md, Webhook). A slow or failing one
+        # closes the gate for a while: meanwhile every turn goes to the pool, under the budget.
+        t0 = time.monotonic()
+        try:
+            done, reply = fast(inbound)
+        except Exception:
+            # tried again whole in the pool (which answers with an apology if it fails too)
+            log.warning("inline turn failed; the pool takes over for %gs", gate.cooldown_s, exc_info=True)
+            gate.trip()
+        else:
+            if time.monotonic() - t0 > gate.slow_s:
+                log.warning("inline turn took over %gs; the pool takes over for %gs", gate.slow_s, gate.cooldown_s)
+                gate.trip()
+            if done:
+                reply = _as_text(reply)
+                return reply, "replied" if reply else "empty"
+            call = partial(handler.handle, inbound, writer=True)  # type: ignore[call-arg]
+    work = asyncio.get_running_loop().run_in_executor(app[POOL], call)
     try:
         reply = await asyncio.wait_for(asyncio.shield(work), timeout=budget)
     except TimeoutError:
@@ -261,6 +289,28 @@ async def _run(app: web.Application, inbound: Inbound, budget: float) -> tuple[s
         return APOLOGY, "error"
     reply = _as_text(reply)
     return reply, "replied" if reply else "empty"
+
+
+class InlineGate:
+    """Whether read-only turns may run on the event loop now. Closed for ``cooldown_s`` after
+    one was slow (the database or Redis struggling: a blocked loop would stall every request
+    of this process) or failed; meanwhile turns run in the pool, which the reply budget guards."""
+
+    def __init__(self, *, enabled: bool, slow_s: float = 0.25, cooldown_s: float = 10.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.enabled = enabled
+        self.slow_s = slow_s
+        self.cooldown_s = cooldown_s
+        self.clock = clock
+        self._closed_until = 0.0
+        self.trips = 0
+
+    def open(self) -> bool:
+        return self.enabled and self.clock() >= self._closed_until
+
+    def trip(self) -> None:
+        self.trips += 1
+        self._closed_until = self.clock() + self.cooldown_s
 
 
 async def _finish_late(handler: Handler, inbound: Inbound, work: asyncio.Future[Any],
@@ -313,8 +363,10 @@ _FAILED = object()
 async def _redis(call: Any, *args: Any, **kwargs: Any) -> Any:
     """An asyncio Redis call; ``_FAILED`` (logged) when Redis fails."""
     try:
-        # bounded well inside the 5 s budget even when Redis hangs
-        return await asyncio.wait_for(call(*args, **kwargs), timeout=_REDIS_S)
+        # bounded well inside the 5 s budget even when Redis hangs (a timeout scope, not
+        # wait_for: no task per call)
+        async with asyncio.timeout(_REDIS_S):
+            return await call(*args, **kwargs)
     except (redis.RedisError, OSError, TimeoutError) as exc:
         log.warning("wechat dedupe: Redis unavailable (%s); continuing without it", type(exc).__name__)
         return _FAILED

@@ -101,7 +101,15 @@ def make_engine(settings: Settings, **kwargs: Any) -> Engine:
     kwargs.setdefault("pool_pre_ping", True)
     kwargs.setdefault("pool_size", 10)
     kwargs.setdefault("max_overflow", 20)
-    return create_engine(url, **kwargs)
+    engine = create_engine(url, **kwargs)
+
+    @event.listens_for(engine, "begin")
+    def _pg_begin(conn: Any) -> None:
+        if conn.get_execution_options().get(READ_ONLY):
+            # the first statement of the transaction: any write in it is then refused
+            conn.exec_driver_sql("SET TRANSACTION READ ONLY")
+
+    return engine
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:
@@ -117,12 +125,12 @@ def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
 
 @contextmanager
 def read_transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
-    """A transaction for work that only reads.
+    """A transaction for work that only reads; any write in it fails (is_read_only_refusal)
+    rather than happen.
 
     On SQLite it does not take the write lock (every ``transaction`` does, with BEGIN
-    IMMEDIATE), so read-only work runs beside a writer instead of queueing behind it; any
-    write in it fails (``PRAGMA query_only``) rather than racing. On PostgreSQL it is a plain
-    transaction.
+    IMMEDIATE), so read-only work runs beside a writer instead of queueing behind it, and
+    ``PRAGMA query_only`` refuses writes. On PostgreSQL it is SET TRANSACTION READ ONLY.
     """
     with factory() as session, session.begin():
         session.connection(execution_options={READ_ONLY: True})
@@ -130,5 +138,6 @@ def read_transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
 
 
 def is_read_only_refusal(exc: BaseException) -> bool:
-    """A write attempted inside ``read_transaction`` on SQLite."""
-    return "attempt to write a readonly database" in str(exc)
+    """A write attempted inside ``read_transaction`` (SQLite or PostgreSQL)."""
+    text = str(exc)
+    return "attempt to write a readonly database" in text or "in a read-only transaction" in text

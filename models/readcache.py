@@ -2,8 +2,8 @@
 AED map), so a busy web process does not rebuild them for every message.
 
 A snapshot is reused for at most ``ttl_s`` seconds (``READ_CACHE_S``, default 2; 0 turns
-caching off), and is dropped at once when anything in this process commits a write to the
-database: a person who has just signed up sees the new count in their next list. Writes
+caching off), and is dropped at once when anything in this process commits a write to a
+table it was read from: a person who has just signed up sees the new count in their next list. Writes
 made by other processes (workers, other web processes, the console) show within ``ttl_s``.
 Only what is the same for everyone is cached: never a person's own row or assignments, and
 every write path (sign-up, accept) still decides from the database under its guards.
@@ -11,9 +11,11 @@ every write path (sign-up, accept) still decides from the database under its gua
 
 from __future__ import annotations
 
+import re
 import threading
 import time
-from collections.abc import Callable, Hashable
+from collections import defaultdict
+from collections.abc import Callable, Hashable, Iterable
 from typing import Any, TypeVar
 
 from sqlalchemy import event
@@ -22,21 +24,31 @@ from sqlalchemy.engine import Engine
 T = TypeVar("T")
 
 _WRITES = ("INSERT", "UPDATE", "DELETE", "REPLAC", "UPSERT")
-_generation = [0]  # commits that wrote something, in this process (only ever grows)
+_TABLE = re.compile(r'\s*(?:INSERT\s+(?:OR\s+\w+\s+)?INTO|REPLACE\s+INTO|UPDATE|DELETE\s+FROM)\s+"?(\w+)', re.I)
+_DML = re.compile(r"\b(?:INSERT|UPDATE|DELETE)\b", re.I)
+ANY = "*"  # a write whose table could not be told: counts against every table
+# per table: commits that wrote to it, in this process (only ever grow)
+_generations: dict[str, int] = defaultdict(int)
 _lock = threading.Lock()
 
 
 @event.listens_for(Engine, "after_cursor_execute")
 def _note_write(conn: Any, _cursor: Any, statement: str, _params: Any, _context: Any, _many: bool) -> None:
-    if statement.lstrip()[:6].upper() in _WRITES:
-        conn.info["redgrid_wrote"] = True
+    head = statement.lstrip()[:6].upper()
+    if head in _WRITES:
+        m = _TABLE.match(statement)
+        conn.info.setdefault("redgrid_wrote", set()).add(m.group(1).lower() if m else ANY)
+    elif head.startswith("WITH") and _DML.search(statement):
+        conn.info.setdefault("redgrid_wrote", set()).add(ANY)  # a write behind a CTE
 
 
 @event.listens_for(Engine, "commit")
 def _committed(conn: Any) -> None:
-    if conn.info.pop("redgrid_wrote", False):
+    tables = conn.info.pop("redgrid_wrote", None)
+    if tables:
         with _lock:
-            _generation[0] += 1
+            for table in tables:
+                _generations[table] += 1
 
 
 @event.listens_for(Engine, "rollback")
@@ -44,9 +56,9 @@ def _rolled_back(conn: Any) -> None:
     conn.info.pop("redgrid_wrote", None)
 
 
-def generation() -> int:
-    """How many writing commits this process has made so far."""
-    return _generation[0]
+def generation(tables: Iterable[str]) -> int:
+    """How many writing commits to any of ``tables`` this process has made so far."""
+    return _generations[ANY] + sum(_generations[t] for t in tables)
 
 
 class ReadCache:
@@ -57,12 +69,13 @@ class ReadCache:
         self.hits = 0
         self.misses = 0
 
-    def get(self, key: Hashable, load: Callable[[], T]) -> T:
-        """The snapshot under ``key``, or a fresh one from ``load()`` (kept for ``ttl_s``)."""
+    def get(self, key: Hashable, load: Callable[[], T], *, tables: tuple[str, ...]) -> T:
+        """The snapshot under ``key``, or a fresh one from ``load()`` (kept for ``ttl_s``);
+        ``tables``: what it is read from (a write to any of them drops it)."""
         if self.ttl_s <= 0:
             return load()
         now = self.clock()
-        gen = _generation[0]
+        gen = generation(tables)
         entry = self._entries.get(key)
         if entry is not None and entry[0] > now and entry[1] == gen:
             self.hits += 1

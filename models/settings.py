@@ -128,6 +128,10 @@ class Settings(BaseSettings):
     ratelimit_messages: int = Field(default=20, ge=0)
     ratelimit_window_s: float = Field(default=10.0, gt=0)
     web_threads: int = Field(default=8, ge=1, le=64)
+    # `redgrid web` processes (gunicorn workers when more than one): about one core each
+    web_processes: int = Field(default=1, ge=1, le=64)
+    # read-only turns on the event loop, no thread hop (bot/webhook.py, InlineGate)
+    web_inline_reads: bool = True
     # how long a web process reuses the shift board and AED map (models/readcache.py); 0: off
     read_cache_s: float = Field(default=2.0, ge=0, le=60)
 

@@ -105,24 +105,14 @@ def demo_seed(ctx: click.Context, seed_value: int, volunteers: int, if_empty: bo
 
 @cli.command()
 @click.option("--port", type=int, default=None, help="default: $PORT or 8080")
+@click.option("--processes", type=int, default=None, help="web processes (default: $WEB_PROCESSES or 1)")
 @click.pass_context
-def web(ctx: click.Context, port: int | None) -> None:
-    """Serve the webhook and pages (aiohttp)."""
-    from aiohttp import web as aioweb
-
-    from bot.app import create_app
-    from models.redisconn import ensure_embedded
+def web(ctx: click.Context, port: int | None, processes: int | None) -> None:
+    """Serve the webhook and pages (aiohttp; several processes behind gunicorn)."""
+    from redgrid.webserver import serve
 
     settings = _settings(ctx)
-    owned = ensure_embedded(settings)
-    try:
-        aioweb.run_app(
-            create_app(settings), host=settings.host, port=port or settings.port, access_log=None,
-            print=lambda *_: log.info("web listening on %s:%s", settings.host, port or settings.port),
-        )
-    finally:
-        if owned:
-            owned.stop()
+    serve(settings, port=port or settings.port, processes=processes or settings.web_processes)
 
 
 @cli.command()

@@ -15,7 +15,7 @@ from bot.simulator import Simulator
 from models.db import utcnow
 from models.readcache import ReadCache, generation
 from models.settings import Settings
-from models.tables import Person
+from models.tables import AuditEntry, Person
 from tests.world import World, build_world
 
 
@@ -28,27 +28,40 @@ def test_snapshots_expire_and_writes_drop_them(sessions) -> None:  # type: ignor
         loads.append(1)
         return len(loads)
 
-    assert cache.get("k", load) == 1
-    assert cache.get("k", load) == 1  # reused
+    def get() -> int:
+        return cache.get("k", load, tables=("person",))
+
+    assert get() == 1
+    assert get() == 1  # reused
     t[0] += 2.5
-    assert cache.get("k", load) == 2  # expired
+    assert get() == 2  # expired
     # a read-only transaction leaves it
     with sessions() as s, s.begin():
         s.exec(text("SELECT 1"))  # type: ignore[call-overload]
-    assert cache.get("k", load) == 2
-    # a commit that wrote anything drops it at once
-    before = generation()
+    assert get() == 2
+    # a commit that wrote to a table it was read from drops it at once...
+    before = generation(["person"])
     with sessions() as s, s.begin():
         s.add(Person(openid="o-cache"))
-    assert generation() == before + 1
-    assert cache.get("k", load) == 3
-    # a write rolled back does not count
+    assert generation(["person"]) == before + 1
+    assert get() == 3
+    # ...a write to another table does not
+    with sessions() as s, s.begin():
+        s.add(AuditEntry(actor_id=None, action="test", entity="test"))
+    assert get() == 3
+    # nor does a write rolled back
     with pytest.raises(RuntimeError), sessions() as s, s.begin():
         s.add(Person(openid="o-cache-2"))
         s.flush()
         raise RuntimeError
-    assert generation() == before + 1 and cache.get("k", load) == 3
-    assert ReadCache(0).get("k", load) == 4  # 0: off
+    assert generation(["person"]) == before + 1 and get() == 3
+    # a write whose table cannot be told counts against every table
+    with sessions() as s, s.begin():
+        s.connection().exec_driver_sql(
+            "WITH ids AS (SELECT id FROM person WHERE id < 0) UPDATE person SET name = name "
+            "WHERE id IN (SELECT id FROM ids)")
+    assert get() == 4
+    assert ReadCache(0).get("k", load, tables=()) == 5  # 0: off
 
 
 @pytest.fixture

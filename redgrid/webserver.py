@@ -1,0 +1,83 @@
+"""``redgrid web``: one aiohttp process, or several behind gunicorn (``WEB_PROCESSES``).
+
+Python runs one thread of Python at a time, so one web process uses about one core (a
+message costs ~2 ms of CPU: bench/README.md, Webhook). More cores need more processes.
+gunicorn (with aiohttp's own ``GunicornWebWorker``) is the well-worn way to run them: one
+listening socket shared by the workers, a worker that dies is replaced, SIGTERM stops them
+all gracefully (each runs its app's cleanup: late answers drained, pools closed). Every
+worker builds its own app (no connection is shared across a fork); everything they must
+agree on (dedupe keys, dialog state, rate limits) is in Redis already.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from models.settings import Settings
+
+log = logging.getLogger("redgrid")
+
+
+def serve(settings: Settings, *, port: int, processes: int) -> None:
+    from models.redisconn import ensure_embedded
+
+    owned = ensure_embedded(settings)  # workers find the embedded server by its socket
+    try:
+        if processes <= 1:
+            _serve_one(settings, port)
+        else:
+            _serve_many(settings, port, processes)
+    finally:
+        if owned:
+            owned.stop()
+
+
+def _serve_one(settings: Settings, port: int) -> None:
+    from aiohttp import web as aioweb
+
+    from bot.app import create_app
+
+    aioweb.run_app(
+        create_app(settings), host=settings.host, port=port, access_log=None,
+        print=lambda *_: log.info("web listening on %s:%s", settings.host, port),
+    )
+
+
+def _serve_many(settings: Settings, port: int, processes: int) -> None:
+    from gunicorn.app.base import BaseApplication
+    from gunicorn.glogging import Logger
+
+    class JsonLogger(Logger):  # type: ignore[misc]
+        """gunicorn's own messages go through RedGrid's (JSON) root handlers."""
+
+        def setup(self, cfg: Any) -> None:
+            self.error_log.propagate = True
+            self.error_log.setLevel(logging.INFO)
+
+    class App(BaseApplication):  # type: ignore[misc]
+        def load_config(self) -> None:
+            for key, value in {
+                "bind": f"{settings.host}:{port}",
+                "workers": processes,
+                "worker_class": "aiohttp.GunicornWebWorker",
+                # one shared listening socket (no SO_REUSEPORT: a worker's own socket would take
+                # the connections queued on it down with it when it dies)
+                "logger_class": JsonLogger,
+                "accesslog": None,  # one line per request comes from bot/logs.py
+                # past the reply budget (late answers are drained on shutdown, bot/webhook.py)
+                "graceful_timeout": 15,
+                "timeout": 30,
+                "proc_name": "redgrid-web",
+                "control_socket_disable": True,  # gunicorn 24+: no runtime control socket
+            }.items():
+                if key in self.cfg.settings:
+                    self.cfg.set(key, value)
+
+        def load(self) -> Any:
+            from bot.app import create_app
+
+            return create_app(settings)  # in each worker, after the fork
+
+    log.info("web: %d processes on %s:%s", processes, settings.host, port)
+    App().run()
