@@ -10,6 +10,7 @@ import logging
 import os
 import sys
 import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from aiohttp.test_utils import TestServer
 from bot.app import METRICS, SETTINGS, create_app
 from bot.inbound import Inbound
 from bot.simulator import Simulator, parse_chat_line, run_chat
-from bot.webhook import APOLOGY
+from bot.webhook import APOLOGY, INLINE, InlineGate
 from bot.wechat import parse_xml, signature
 from models.settings import Settings, load_settings
 
@@ -437,3 +438,75 @@ def test_chat_line_commands() -> None:
     assert parse_chat_line(sim, "/quit") is None
     text = parse_chat_line(sim, "报名 1")
     assert isinstance(text, dict) and text["Content"] == "报名 1"
+
+
+# --- read-only turns on the event loop (InlineGate) ------------------------------------------
+
+
+class ReadingHandler(StubHandler):
+    """Says "查" texts only read; records which thread ran what."""
+
+    def __init__(self, *, slow_s: float = 0.0, explode: bool = False) -> None:
+        super().__init__()
+        self.where: list[tuple[str, str, bool]] = []  # (text, thread, writer)
+        self.slow_s = slow_s
+        self.explode = explode
+
+    def try_read_only(self, inbound: Inbound) -> tuple[bool, str | None]:
+        self.where.append((inbound.text, threading.current_thread().name, False))
+        if self.explode:
+            raise RuntimeError("database went away")
+        if not inbound.text.startswith("查"):
+            return False, None
+        time.sleep(self.slow_s)
+        return True, f"读：{inbound.text}"
+
+    def handle(self, inbound: Inbound, *, writer: bool = False) -> str | None:  # type: ignore[override]
+        self.where.append((inbound.text, threading.current_thread().name, writer))
+        return super().handle(inbound)
+
+
+async def test_read_only_turns_run_inline_writers_in_the_pool(serve: Serve) -> None:
+    handler = ReadingHandler()
+    _, sim = await serve(handler)
+    assert await sim.send(sim.text("查班次")) == "读：查班次"
+    assert await sim.send(sim.text("报名 1")) == "第1次：报名 1"
+    loop_thread = threading.current_thread().name  # the test server shares this loop
+    assert handler.where[0] == ("查班次", loop_thread, False)
+    assert handler.where[1] == ("报名 1", loop_thread, False)  # asked first, on the loop...
+    text, thread, writer = handler.where[2]
+    assert text == "报名 1" and thread.startswith("engine") and writer  # ...then a writer in the pool
+
+
+async def test_a_slow_inline_turn_sends_the_next_ones_to_the_pool(serve: Serve) -> None:
+    handler = ReadingHandler(slow_s=0.3)
+    server, sim = await serve(handler)
+    assert await sim.send(sim.text("查1")) == "读：查1"  # slow: the gate closes
+    gate = server.app[INLINE]
+    assert gate.trips == 1 and not gate.open()
+    handler.slow_s = 0.0
+    assert await sim.send(sim.text("查2")) == "第1次：查2"  # not tried inline: the pool's handle
+    assert [w for w in handler.where if w[0] == "查2"] == [("查2", handler.where[-1][1], False)]
+    assert handler.where[-1][1].startswith("engine")
+    gate._closed_until = 0.0  # the cooldown is over
+    assert await sim.send(sim.text("查3")) == "读：查3"
+
+
+async def test_a_failing_inline_turn_is_retried_whole_in_the_pool(serve: Serve) -> None:
+    handler = ReadingHandler(explode=True)
+    server, sim = await serve(handler)
+    assert await sim.send(sim.text("查1")) == "第1次：查1"
+    assert handler.where[-1][1].startswith("engine") and handler.where[-1][2] is False
+    assert server.app[INLINE].trips == 1
+
+
+def test_inline_gate_reopens_after_its_cooldown() -> None:
+    t = [0.0]
+    gate = InlineGate(enabled=True, cooldown_s=10, clock=lambda: t[0])
+    assert gate.open()
+    gate.trip()
+    t[0] = 9.9
+    assert not gate.open()
+    t[0] = 10.0
+    assert gate.open()
+    assert not InlineGate(enabled=False).open()
