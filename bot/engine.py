@@ -80,15 +80,21 @@ class Conversation:
                 return reply
         return self._handle(inbound, read_only=False)
 
-    def try_read_only(self, inbound: Inbound) -> tuple[bool, str | None]:
+    def state_keys(self, user: str) -> list[str]:
+        """The Redis keys a message from ``user`` reads first (the webhook may read them with
+        its dedupe claim and pass the values to ``try_read_only``)."""
+        return self.store.state_keys(user)
+
+    def try_read_only(self, inbound: Inbound, state: list[Any] | None = None) -> tuple[bool, str | None]:
         """(True, the reply) when the message could be answered in a read-only transaction;
         (False, None) when it needs a writer: a new, returning or owed person, an open dialog,
         a command that writes. Nothing has been changed then. Never blocks on a lock, so the
-        webhook may run it on its event loop (bot/webhook.py)."""
+        webhook may run it on its event loop (bot/webhook.py). ``state``: the values of
+        ``state_keys``, when the caller has just read them."""
         if not _may_only_read(inbound):
             return False, None
         try:
-            return True, self._handle(inbound, read_only=True)
+            return True, self._handle(inbound, read_only=True, state=state)
         except _NeedsWrite:
             return False, None
         except DBAPIError as exc:
@@ -98,13 +104,14 @@ class Conversation:
             log.warning("read-only turn tried to write; retried as a writer")
             return False, None
 
-    def _handle(self, inbound: Inbound, *, read_only: bool) -> str | None:
+    def _handle(self, inbound: Inbound, *, read_only: bool, state: list[Any] | None = None) -> str | None:
         fx = Effects()
         now = self.clock()  # type: ignore[operator]
         with (read_transaction if read_only else transaction)(self.sessions) as session:
             person = self._person(session, inbound, now, fx, read_only=read_only)
             # this message's view of the sender's dialog state: one Redis round trip to read it
-            turn = Turn(inbound, session, person, fx, now, self.tz, self.store.for_user(inbound.user), self.settings)
+            turn = Turn(inbound, session, person, fx, now, self.tz, self.store.for_user(inbound.user, state),
+                        self.settings)
             reply = self._route(turn, read_only=read_only)
             touch = _interaction_stale(person.last_interaction_at, now) and person.subscribed
         if touch and person.id is not None:
@@ -159,10 +166,15 @@ class Conversation:
                 read_only: bool = False) -> Person:  # fmt: skip
         from jobs.outbound import release_deferred
 
+        if read_only:
+            # the row itself, read-only (no ORM object: building one cost more than the query):
+            # it answers every attribute a reading turn asks of a Person
+            found = session.connection().execute(_person_query(row=True), {"openid": inbound.user}).first()
+            if found is None or found.deferred or not found.subscribed:
+                raise _NeedsWrite
+            return found  # type: ignore[no-any-return]
         row = session.exec(_person_query(), params={"openid": inbound.user}).first()
         person, deferred = row if row is not None else (None, False)
-        if read_only and (person is None or deferred or not person.subscribed):
-            raise _NeedsWrite
         if person is None:
             # created now: with its interaction time, as the row is written anyway
             person = Person(openid=inbound.user, status=PersonStatus.pending, subscribed=True,
@@ -689,13 +701,17 @@ def _interaction_stale(last: datetime | None, now: datetime) -> bool:
 
 
 @cache
-def _person_query() -> Any:
-    """The sender and whether they have deferred deliveries, in one statement (most have none).
+def _person_query(*, row: bool = False) -> Any:
+    """The sender and whether they have deferred deliveries, in one statement (most have none):
+    as a Person and a flag, or (``row``) as one row of the person's columns and ``deferred``.
 
     Built once: constructing the expression cost more than running it (~0.25 ms a message).
     """
     from jobs.outbound import has_deferred
 
+    if row:
+        return select(*Person.__table__.c, has_deferred(Person.id).label("deferred")).where(  # type: ignore[attr-defined]
+            Person.openid == bindparam("openid"))
     return select(Person, has_deferred(Person.id)).where(Person.openid == bindparam("openid"))
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from aiohttp import web
 
@@ -30,6 +30,7 @@ class Handler(Protocol):
 HandlerFactory = Callable[[web.Application], Handler]
 
 HANDLER = web.AppKey("handler", Handler)
-# Handler calls that outlived the reply budget; awaited (bounded) on shutdown so their late
-# answers are not lost when the process stops.
-LATE_TASKS: web.AppKey[set[asyncio.Task[None]]] = web.AppKey("late_tasks", set)
+# Work that runs after a reply went out: handler calls that outlived the reply budget (their
+# answers go late), replies being stored for WeChat's retries. Awaited (bounded) on shutdown
+# so none is lost when the process stops.
+LATE_TASKS: web.AppKey[set[asyncio.Task[Any]]] = web.AppKey("late_tasks", set)

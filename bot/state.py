@@ -43,9 +43,15 @@ class DialogStore:
     def _cache(self, kind: str, user: str, raw: bytes | str | None) -> None:
         """Hook for UserState: a write just made (nothing to do without a cache)."""
 
-    def for_user(self, user: str) -> UserState:
-        """A view for one message from ``user``: their state read in one round trip."""
-        return UserState(self, user)
+    def for_user(self, user: str, prefetched: list[bytes | str | None] | None = None) -> UserState:
+        """A view for one message from ``user``: their state read in one round trip (or
+        ``prefetched``: the values of ``state_keys(user)``, read by the caller)."""
+        return UserState(self, user, prefetched)
+
+    @classmethod
+    def state_keys(cls, user: str) -> list[str]:
+        """What a message from ``user`` reads first, in this order (UserState)."""
+        return [cls._k(k, user) for k in UserState._KINDS]
 
     def load(self, user: str) -> Dialog | None:
         raw = self._raw("dialog", user)
@@ -104,16 +110,18 @@ class UserState(DialogStore):
 
     _KINDS = ("dialog", "dialog-was", "list")
 
-    def __init__(self, store: DialogStore, user: str) -> None:
+    def __init__(self, store: DialogStore, user: str, prefetched: list[bytes | str | None] | None = None) -> None:
         super().__init__(store.r, ttl_s=store.ttl_s)
         self.user = user
         self._seen: dict[str, bytes | str | None] | None = None
+        if prefetched is not None:
+            self._seen = dict(zip(self._KINDS, prefetched, strict=True))
 
     def _raw(self, kind: str, user: str) -> bytes | str | None:
         if user != self.user:
             return super()._raw(kind, user)
         if self._seen is None:
-            values = self.r.mget([self._k(k, user) for k in self._KINDS])
+            values = self.r.mget(self.state_keys(user))
             self._seen = dict(zip(self._KINDS, values, strict=True))  # type: ignore[arg-type]
         return self._seen[kind]
 

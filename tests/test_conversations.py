@@ -356,3 +356,17 @@ async def test_read_only_turns_buffer_the_interaction_time(settings, server, wor
     with sessions() as s:
         assert s.get(Person, world.volunteer).last_interaction_at == flushed  # type: ignore[union-attr]
     assert interactions.flush(redis_client, sessions) == 0
+
+
+async def test_the_claim_reads_the_senders_state(settings, server, world, redis_client) -> None:  # type: ignore[no-untyped-def]
+    """The webhook's dedupe claim also reads the sender's dialog state (one round trip): a
+    lookup then makes no Redis read of its own, and a dialog in progress is still seen."""
+    v = sim(settings, server, "demo-volunteer")
+    await say(v, "帮助")  # warm: this person's interaction time is buffered now
+    redis_client.config_resetstat()
+    assert "班次" in await say(v, "帮助")
+    stats = redis_client.info("commandstats")
+    # (GETs run inside the claim's script count as GETs too: the engine's own read is an MGET)
+    assert "cmdstat_mget" not in stats and stats["cmdstat_eval"]["calls"] == 1, stats
+    assert "姓名" in await say(v, "注册")
+    assert "注册" in await say(v, "帮助")  # mid-dialog: help, then where we were

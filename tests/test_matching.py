@@ -231,8 +231,8 @@ def test_eligible_is_static_and_facts() -> None:
 @settings(max_examples=300, deadline=None)
 @given(st.floats(28.8, 29.6), st.floats(119.9, 120.7), st.floats(28.8, 29.6), st.floats(119.9, 120.7))
 def test_distance_is_geopys_geodesic(lat1: float, lng1: float, lat2: float, lng2: float) -> None:
-    """dispatcher.geo.distance_m calls geographiclib directly; geopy's geodesic (the same
-    solver behind an object) is the reference it must match."""
+    """dispatcher.geo.distance_m runs PROJ's C port of Karney's algorithm; geopy's geodesic
+    (the same algorithm in Python) is the reference it must match."""
     from geopy.distance import geodesic
 
     from dispatcher.geo import distance_m
