@@ -116,6 +116,7 @@ class JsonFormatter(_Scrubbing):
             "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname,
             "logger": record.name,
+            "pid": record.process,  # several web processes write one stream
             "msg": record.getMessage(),
         }
         for key, value in record.__dict__.items():
