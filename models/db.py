@@ -101,15 +101,7 @@ def make_engine(settings: Settings, **kwargs: Any) -> Engine:
     kwargs.setdefault("pool_pre_ping", True)
     kwargs.setdefault("pool_size", 10)
     kwargs.setdefault("max_overflow", 20)
-    engine = create_engine(url, **kwargs)
-
-    @event.listens_for(engine, "begin")
-    def _pg_begin(conn: Any) -> None:
-        if conn.get_execution_options().get(READ_ONLY):
-            # the first statement of the transaction: any write in it is then refused
-            conn.exec_driver_sql("SET TRANSACTION READ ONLY")
-
-    return engine
+    return create_engine(url, **kwargs)
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:
@@ -130,10 +122,11 @@ def read_transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
 
     On SQLite it does not take the write lock (every ``transaction`` does, with BEGIN
     IMMEDIATE), so read-only work runs beside a writer instead of queueing behind it, and
-    ``PRAGMA query_only`` refuses writes. On PostgreSQL it is SET TRANSACTION READ ONLY.
+    ``PRAGMA query_only`` refuses writes. On PostgreSQL it begins READ ONLY (the driver's
+    ``read_only``, reset when the connection goes back to the pool; no extra round trip).
     """
     with factory() as session, session.begin():
-        session.connection(execution_options={READ_ONLY: True})
+        session.connection(execution_options={READ_ONLY: True, "postgresql_readonly": True})
         yield session
 
 

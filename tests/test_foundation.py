@@ -131,3 +131,19 @@ def test_read_transaction_refuses_writes_on_sqlite(sqlite_database_url: str, tmp
             for a in s.exec(select(AuditEntry)):
                 s.delete(a)
         engine.dispose()
+
+
+def test_read_transaction_refuses_writes_on_both_back_ends(sessions) -> None:  # type: ignore[no-untyped-def]
+    """A read-only turn that tried to write is refused by the database itself (SQLite's
+    query_only, PostgreSQL's BEGIN READ ONLY), and the connection is a writer again after."""
+    from models.db import is_read_only_refusal, read_transaction, transaction
+
+    for _ in range(3):  # pooled connections go back and forth between the two modes
+        with pytest.raises(Exception) as err, read_transaction(sessions) as s:
+            s.add(AuditEntry(action="t", entity="x"))
+            s.flush()
+        assert is_read_only_refusal(err.value)
+        with transaction(sessions) as s:
+            s.add(AuditEntry(action="ok", entity="x"))
+    with read_transaction(sessions) as s:
+        assert [a.action for a in s.exec(select(AuditEntry))] == ["ok"] * 3
