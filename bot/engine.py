@@ -66,7 +66,7 @@ class Conversation:
         self.clock = clock
         # person id -> the interaction time this process last buffered (until the flush moves
         # the row, each message would otherwise buffer it again)
-        self._touched: dict[int, datetime] = {}
+        self._touched: dict[str, datetime] = {}
 
     # --- the Handler protocol ---------------------------------------------------------------
 
@@ -107,29 +107,29 @@ class Conversation:
     def _handle(self, inbound: Inbound, *, read_only: bool, state: list[Any] | None = None) -> str | None:
         fx = Effects()
         now = self.clock()  # type: ignore[operator]
+        if not (inbound.kind == "event" and inbound.event == "unsubscribe"):
+            # first, before the person's deferred messages are looked for (jobs/outbound.py)
+            self._touch(inbound.user, now)
         with (read_transaction if read_only else transaction)(self.sessions) as session:
             person = self._person(session, inbound, now, fx, read_only=read_only)
             # this message's view of the sender's dialog state: one Redis round trip to read it
             turn = Turn(inbound, session, person, fx, now, self.tz, self.store.for_user(inbound.user, state),
                         self.settings)
             reply = self._route(turn, read_only=read_only)
-            touch = _interaction_stale(person.last_interaction_at, now) and person.subscribed
-        if touch and person.id is not None:
-            self._touch(person.id, now)  # before the effects: a released delivery sees it
         self._apply(fx, urgent=inbound.text.strip().lower() in ("急救", "sos"))
         return clip(reply) if reply else None
 
-    def _touch(self, person_id: int, now: datetime) -> None:
-        """Record the interaction time of a turn that did not write it (most do not): buffered
-        in Redis and written to the person row by a periodic flush (models/interactions.py),
-        so a lookup stays a reader, and a turn's transaction writes only what it changed."""
-        if not _interaction_stale(self._touched.get(person_id), now):
+    def _touch(self, openid: str, now: datetime) -> None:
+        """Record that ``openid`` wrote to us: buffered in Redis and written to the person row
+        by a periodic flush (models/interactions.py), so a lookup stays a reader and a turn's
+        transaction writes only what it changed. At most once a minute per person here."""
+        if not _interaction_stale(self._touched.get(openid), now):
             return
         if len(self._touched) > 100_000:  # a day's senders at most: bounded, cheap to rebuild
             self._touched.clear()
         try:
-            interactions.record(self.redis, person_id, now)
-            self._touched[person_id] = now
+            interactions.record(self.redis, openid, now)
+            self._touched[openid] = now
         except redis.RedisError:
             # the 48-hour window is then judged from an older time: a send deferred, never
             # one outside the window
@@ -182,7 +182,7 @@ class Conversation:
         elif (deferred or not person.subscribed) and not (inbound.kind == "event" and inbound.event == "unsubscribe"):
             # back (a message from someone we thought gone), or messages waiting for this very
             # interaction: the row is the record they are sent by. Otherwise the time is
-            # buffered after the turn (_touch), at most once a minute; the 48-hour window is
+            # buffered as the turn starts (_touch), at most once a minute; the 48-hour window is
             # then judged at most a minute short: never a send outside it.
             person.subscribed = True
             person.last_interaction_at = now
@@ -581,10 +581,13 @@ class Conversation:
         return [aed_rank.AEDPoint(a_id or 0, name, a_lat, a_lng, hours, True)
                 for a_id, name, a_lat, a_lng, hours in rows]  # fmt: skip
 
-    def _nearest_aeds(self, turn: Turn, lat: float, lng: float) -> str:
+    def _nearest_aeds(self, turn: Turn, lat: float, lng: float, *, fresh: bool = False) -> str:
+        """``fresh``: from the database now, not this process's recent map (an emergency must
+        not be sent to an AED another process has just marked faulty)."""
         d = 0.1  # ~10 km box; the city's AEDs (a few hundred at most) are ranked in memory
-        points = [p for p in self.cache.get("aed_map", lambda: self._aed_map(turn.session), tables=("aed",))
-                  if abs(p.lat - lat) <= d and abs(p.lng - lng) <= d]  # fmt: skip
+        everywhere = (self._aed_map(turn.session) if fresh
+                      else self.cache.get("aed_map", lambda: self._aed_map(turn.session), tables=("aed",)))
+        points = [p for p in everywhere if abs(p.lat - lat) <= d and abs(p.lng - lng) <= d]
         local = turn.now.astimezone(self.tz).time()
         hits = aed_rank.nearest(points, lat, lng, local, k=3)
         if not hits:
@@ -618,7 +621,7 @@ class Conversation:
         started = sos.start(turn.session, turn.fx, caller=turn.person, lat=lat, lng=lng, now=turn.now,
                             policy=self.settings.dispatch, label=turn.inbound.label)  # fmt: skip
         status = copy.SOS_STATUS[started.status].format(id=started.task_id)
-        aeds = self._nearest_aeds(turn, lat, lng).removesuffix("\n" + copy.AED_TAIL)
+        aeds = self._nearest_aeds(turn, lat, lng, fresh=True).removesuffix("\n" + copy.AED_TAIL)
         return "\n".join([copy.SOS_CALL_FIRST, status, copy.SOS_CPR, aeds])
 
     def _status(self, turn: Turn) -> str:

@@ -259,6 +259,10 @@ async def _answer(app: web.Application, key: str, inbound: Inbound) -> tuple[str
         return notice, "limited"
     # claimed is 1, or _FAILED (Redis away: answer anyway, unlimited; a retry may run twice)
 
+    if claimed is _FAILED:
+        # Redis is failing: a turn on the loop could block it on Redis's timeouts; the pool
+        # takes every turn for a while
+        app[INLINE].trip()
     state = state if state_keys is not None and claimed == 1 and len(state or ()) == len(keys) - 2 else None
     reply, outcome = await _run(app, inbound, settings.reply_budget_s, state)
     # stored for WeChat's retries (which wait for it, polling) while the reply goes out: the

@@ -257,6 +257,29 @@ def _still_relevant(session: Session, d: Delivery, now: datetime) -> bool:
 
 def deliver(rt: Runtime, delivery_id: int) -> Outcome:
     """Try to send one Delivery now; returns what happened (the row says the same)."""
+    out = _deliver(rt, delivery_id)
+    if out.result == "deferred" and _wrote_meanwhile(rt, delivery_id):
+        out = _deliver(rt, delivery_id)
+    return out
+
+
+def _wrote_meanwhile(rt: Runtime, delivery_id: int) -> bool:
+    """Did the person write while this row was being deferred? Their turn records the time
+    first and then looks for deferred rows, so either it saw this one (and released it) or
+    this look, after the deferral committed, sees the time: never a row left waiting for a
+    message that already came. If so, the row is pending again (to be sent now)."""
+    with rt.sessions() as s, s.begin():
+        d = s.get(Delivery, delivery_id)
+        if d is None or d.status != DeliveryStatus.deferred:
+            return False
+        person = s.get(Person, d.person_id)
+        if person is None:
+            return False
+        last = interactions.latest(rt.redis, person.openid, person.last_interaction_at)
+        return within_window(last, clock(rt)) and transition(s, d, DeliveryStatus.pending)
+
+
+def _deliver(rt: Runtime, delivery_id: int) -> Outcome:
     settings = rt.settings
     reopen = paused_until(rt.redis)
     if reopen is not None and reopen > clock(rt):
@@ -285,8 +308,8 @@ def deliver(rt: Runtime, delivery_id: int) -> Outcome:
             openid=person.openid if person else None,
             subscribed=bool(person and person.subscribed),
             # the row's time, or a newer one still buffered in Redis (models/interactions.py)
-            last_interaction_at=(interactions.latest(rt.redis, person.id, person.last_interaction_at)
-                                 if person is not None and person.id is not None else None),
+            last_interaction_at=(interactions.latest(rt.redis, person.openid, person.last_interaction_at)
+                                 if person is not None else None),
             template_id=template_id,
         )
         if way == "unreachable":

@@ -60,6 +60,8 @@ def make_engine(settings: Settings, **kwargs: Any) -> Engine:
             from pathlib import Path
 
             Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+        if url.database and url.database != ":memory:":
+            _pool_defaults(kwargs)
         engine = create_engine(
             url, connect_args={"check_same_thread": False, "timeout": 30}, **kwargs
         )
@@ -99,9 +101,17 @@ def make_engine(settings: Settings, **kwargs: Any) -> Engine:
 
         return engine
     kwargs.setdefault("pool_pre_ping", True)
+    _pool_defaults(kwargs)
+    return create_engine(url, **kwargs)
+
+
+def _pool_defaults(kwargs: dict[str, Any]) -> None:
+    # room for the engine's threads (WEB_THREADS, 8), the turn on the event loop and the
+    # console's threads (a few); more threads than this need a bigger pool (README)
     kwargs.setdefault("pool_size", 10)
     kwargs.setdefault("max_overflow", 20)
-    return create_engine(url, **kwargs)
+    # SQL errors are logged; their parameters (openids, phone numbers) are not
+    kwargs.setdefault("hide_parameters", True)
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:

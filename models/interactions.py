@@ -2,20 +2,22 @@
 
 Most messages only read (帮助, 班次, 我的, a location). Writing the person row for each of them
 made every such message a database writer (on SQLite: a turn in the one write lock), which
-was most of the webhook's time under load (bench/README.md, Webhook). Instead a read-only
-turn records the time in one Redis hash (HSET, at most once a minute per person, as before)
-and a periodic job (``jobs.interactions.flush_interactions``, every minute) writes the hash to
-the database in one batched, guarded UPDATE.
+was most of the webhook's time under load (bench/README.md, Webhook). Instead a turn records
+the time in one Redis hash, keyed by openid, when it starts (HSET, at most once a minute per
+person and process), and a periodic job (``jobs.interactions.flush_interactions``, every
+minute) writes the hash to the database in one batched, guarded UPDATE.
 
 Nothing that judges WeChat's 48-hour window sees the lag: ``latest`` gives the newer of the
-row's time and the buffered one, and the outbound sender asks it. A flush that dies half-way
-loses nothing: the hash is renamed before it is read and deleted only after the commit; the
-next flush finishes a renamed hash it finds first (the UPDATE only ever moves a time forward,
-so doing it twice is harmless).
+row's time and the buffered one, and the outbound sender asks it (and asks again after it
+deferred a message: jobs/outbound.py). A flush that dies half-way loses nothing: the hash is
+renamed before it is read and deleted only after the commit; the next flush finishes a
+renamed hash it finds first (the UPDATE only ever moves a time forward, so doing it twice is
+harmless). Flushes never overlap: each holds a lock while it works.
 """
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,8 +28,10 @@ from sqlmodel import Session
 
 from models.tables import Person
 
-KEY = "rg:interactions"  # person id -> epoch milliseconds
+KEY = "rg:interactions"  # openid -> epoch milliseconds
 FLUSHING = "rg:interactions:flushing"  # the batch a flush is writing (or died writing)
+LOCK = "rg:interactions:lock"
+LOCK_S = 300  # a flush that takes longer than this is presumed dead
 
 # Take the buffer for writing, unless an earlier flush died with one: that one goes first.
 _CLAIM_LUA = """
@@ -39,15 +43,17 @@ return redis.call('HGETALL', KEYS[2])
 """
 
 
-def record(client: redis.Redis, person_id: int, at: datetime) -> None:
-    client.hset(KEY, str(person_id), str(_ms(at)))
+def record(client: redis.Redis, openid: str, at: datetime) -> None:
+    client.hset(KEY, openid, str(_ms(at)))
 
 
-def latest(client: redis.Redis, person_id: int, stored: datetime | None) -> datetime | None:
+def latest(client: redis.Redis, openid: str | None, stored: datetime | None) -> datetime | None:
     """The newer of the row's time (``stored``) and any buffered one not yet flushed."""
+    if not openid:
+        return stored
     pipe = client.pipeline(transaction=False)
-    pipe.hget(KEY, str(person_id))
-    pipe.hget(FLUSHING, str(person_id))
+    pipe.hget(KEY, openid)
+    pipe.hget(FLUSHING, openid)
     times = [_from_ms(v) for v in pipe.execute() if v is not None]
     if stored is not None:
         times.append(stored)
@@ -55,15 +61,30 @@ def latest(client: redis.Redis, person_id: int, stored: datetime | None) -> date
 
 
 def flush(client: redis.Redis, sessions: sessionmaker[Session]) -> int:
-    """Write the buffered times to the database; how many people were in the batch."""
-    raw: list[Any] = client.eval(_CLAIM_LUA, 2, KEY, FLUSHING)  # type: ignore[assignment]
-    pairs = dict(zip(raw[::2], raw[1::2], strict=True))
-    if pairs:
-        rows = [{"pid": int(pid), "at": _from_ms(ms)} for pid, ms in pairs.items()]
-        with sessions() as session, session.begin():
-            session.connection().execute(_flush_query(), rows)
-    client.delete(FLUSHING)
-    return len(pairs)
+    """Write the buffered times to the database; how many people were in the batch (0 when
+    another flush is at work)."""
+    token = uuid.uuid4().hex
+    if not client.set(LOCK, token, nx=True, ex=LOCK_S):
+        return 0
+    try:
+        raw: list[Any] = client.eval(_CLAIM_LUA, 2, KEY, FLUSHING)  # type: ignore[assignment]
+        pairs = dict(zip(raw[::2], raw[1::2], strict=True))
+        if pairs:
+            # in openid order: two flushes' UPDATEs (or a flush's and a turn's) take row locks
+            # in one order (PostgreSQL)
+            rows = [{"who": _text(o), "at": _from_ms(ms)} for o, ms in sorted(pairs.items())]
+            with sessions() as session, session.begin():
+                session.connection().execute(_flush_query(), rows)
+        client.delete(FLUSHING)
+        return len(pairs)
+    finally:
+        client.eval(_UNLOCK_LUA, 1, LOCK, token)
+
+
+_UNLOCK_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
 
 
 def _flush_query() -> Any:
@@ -71,7 +92,7 @@ def _flush_query() -> Any:
     last = t.last_interaction_at
     return (
         update(Person.__table__)  # type: ignore[arg-type]
-        .where(t.id == bindparam("pid"))
+        .where(t.openid == bindparam("who"))
         .where(last.is_(None) | (last < bindparam("at")))
         .values(last_interaction_at=bindparam("at"))
     )
@@ -79,6 +100,10 @@ def _flush_query() -> Any:
 
 def _ms(at: datetime) -> int:
     return int(at.timestamp() * 1000)
+
+
+def _text(raw: bytes | str) -> str:
+    return raw.decode() if isinstance(raw, bytes) else raw
 
 
 def _from_ms(raw: bytes | str) -> datetime:

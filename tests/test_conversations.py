@@ -343,7 +343,7 @@ async def test_read_only_turns_buffer_the_interaction_time(settings, server, wor
     assert "班次" in await say(v, "帮助")
     with sessions() as s:
         assert s.get(Person, world.volunteer).last_interaction_at == stale  # type: ignore[union-attr]
-    buffered = interactions.latest(redis_client, world.volunteer, stale)
+    buffered = interactions.latest(redis_client, "demo-volunteer", stale)
     assert buffered is not None and buffered >= before - timedelta(seconds=1)
 
     assert interactions.flush(redis_client, sessions) == 1
@@ -351,7 +351,7 @@ async def test_read_only_turns_buffer_the_interaction_time(settings, server, wor
         flushed = s.get(Person, world.volunteer).last_interaction_at  # type: ignore[union-attr]
     assert flushed is not None and abs((flushed - buffered).total_seconds()) < 0.01
     # a time older than the row's never moves it back
-    interactions.record(redis_client, world.volunteer, stale)
+    interactions.record(redis_client, "demo-volunteer", stale)
     assert interactions.flush(redis_client, sessions) == 1
     with sessions() as s:
         assert s.get(Person, world.volunteer).last_interaction_at == flushed  # type: ignore[union-attr]

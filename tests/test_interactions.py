@@ -28,7 +28,7 @@ def _last(sessions, pid: int):  # type: ignore[no-untyped-def]
 def test_a_flush_that_dies_is_finished_by_the_next(sessions, redis_client) -> None:  # type: ignore[no-untyped-def]
     a, b = _person(sessions, "o-a"), _person(sessions, "o-b")
     t1 = utcnow().replace(microsecond=0)
-    interactions.record(redis_client, a, t1)
+    interactions.record(redis_client, "o-a", t1)
 
     def broken():  # type: ignore[no-untyped-def]
         raise RuntimeError("database gone mid-flush")
@@ -37,9 +37,10 @@ def test_a_flush_that_dies_is_finished_by_the_next(sessions, redis_client) -> No
         interactions.flush(redis_client, broken)  # type: ignore[arg-type]
     assert _last(sessions, a) is None
     # the batch it took is still there, and still counts for the 48-hour window
-    assert interactions.latest(redis_client, a, None) == t1
+    assert interactions.latest(redis_client, "o-a", None) == t1
+    assert not redis_client.exists(interactions.LOCK)  # the dead flush let go of its lock
     t2 = t1 + timedelta(seconds=90)
-    interactions.record(redis_client, b, t2)  # arrives while the dead batch waits
+    interactions.record(redis_client, "o-b", t2)  # arrives while the dead batch waits
 
     assert interactions.flush(redis_client, sessions) == 1  # the dead batch first
     assert _last(sessions, a) == t1 and _last(sessions, b) is None
@@ -51,9 +52,21 @@ def test_a_flush_that_dies_is_finished_by_the_next(sessions, redis_client) -> No
 
 def test_latest_is_the_newer_of_row_and_buffer(redis_client) -> None:  # type: ignore[no-untyped-def]
     now = utcnow().replace(microsecond=0)
-    assert interactions.latest(redis_client, 7, None) is None
-    assert interactions.latest(redis_client, 7, now) == now
-    interactions.record(redis_client, 7, now - timedelta(hours=1))
-    assert interactions.latest(redis_client, 7, now) == now
-    interactions.record(redis_client, 7, now + timedelta(minutes=2))
-    assert interactions.latest(redis_client, 7, now) == now + timedelta(minutes=2)
+    assert interactions.latest(redis_client, "o7", None) is None
+    assert interactions.latest(redis_client, "o7", now) == now
+    interactions.record(redis_client, "o7", now - timedelta(hours=1))
+    assert interactions.latest(redis_client, "o7", now) == now
+    interactions.record(redis_client, "o7", now + timedelta(minutes=2))
+    assert interactions.latest(redis_client, "o7", now) == now + timedelta(minutes=2)
+    assert interactions.latest(redis_client, None, now) == now
+
+
+def test_flushes_never_overlap(sessions, redis_client) -> None:  # type: ignore[no-untyped-def]
+    pid = _person(sessions, "o-c")
+    interactions.record(redis_client, "o-c", utcnow())
+    redis_client.set(interactions.LOCK, "another flush", ex=60)
+    assert interactions.flush(redis_client, sessions) == 0  # busy: nothing taken
+    assert _last(sessions, pid) is None and redis_client.hexists(interactions.KEY, "o-c")
+    redis_client.delete(interactions.LOCK)
+    assert interactions.flush(redis_client, sessions) == 1
+    assert _last(sessions, pid) is not None

@@ -121,9 +121,36 @@ def test_a_buffered_interaction_opens_the_window(jobrt: Runtime, fake: FakeWeCha
     from models import interactions
 
     fake.set_user(OPENID, last_interaction=time.time() - 60)
-    pid, did = _queue(jobrt, last=_now(jobrt) - timedelta(hours=60))
-    interactions.record(jobrt.redis, pid, _now(jobrt) - timedelta(minutes=1))
+    _pid, did = _queue(jobrt, last=_now(jobrt) - timedelta(hours=60))
+    interactions.record(jobrt.redis, OPENID, _now(jobrt) - timedelta(minutes=1))
     work(jobrt.redis)
+    assert [m.kind for m in fake.received(OPENID)] == ["text"]
+    assert _row(jobrt, did).status == DeliveryStatus.sent
+
+
+def test_a_message_that_arrives_while_deferring_releases_the_row(jobrt: Runtime, fake: FakeWeChat,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The person writes just after the sender looked at their interaction time and before
+    its deferral committed (their turn saw no deferred row yet): the sender's second look,
+    after the commit, sees the time, and the message goes now instead of waiting."""
+    from jobs import outbound
+    from models import interactions
+
+    fake.set_user(OPENID, last_interaction=time.time() - 60)
+    _pid, did = _queue(jobrt, last=_now(jobrt) - timedelta(hours=60))
+    real = interactions.latest
+    calls: list[int] = []
+
+    def racing(client, openid, stored):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        before = real(client, openid, stored)
+        if len(calls) == 1:  # the turn lands right after the first look
+            interactions.record(client, OPENID, _now(jobrt))
+        return before
+
+    monkeypatch.setattr(outbound.interactions, "latest", racing)
+    work(jobrt.redis)
+    assert len(calls) >= 2
     assert [m.kind for m in fake.received(OPENID)] == ["text"]
     assert _row(jobrt, did).status == DeliveryStatus.sent
 

@@ -43,7 +43,7 @@ def test_snapshots_expire_and_writes_drop_them(sessions) -> None:  # type: ignor
     before = generation(["person"])
     with sessions() as s, s.begin():
         s.add(Person(openid="o-cache"))
-    assert generation(["person"]) == before + 1
+    assert generation(["person"]) == before + 2  # counted just before and just after the commit
     assert get() == 3
     # ...a write to another table does not
     with sessions() as s, s.begin():
@@ -54,7 +54,7 @@ def test_snapshots_expire_and_writes_drop_them(sessions) -> None:  # type: ignor
         s.add(Person(openid="o-cache-2"))
         s.flush()
         raise RuntimeError
-    assert generation(["person"]) == before + 1 and get() == 3
+    assert generation(["person"]) == before + 2 and get() == 3
     # a write whose table cannot be told counts against every table
     with sessions() as s, s.begin():
         s.connection().exec_driver_sql(
@@ -97,3 +97,23 @@ async def test_shift_counts_stay_true(settings, server, world, sessions, engine)
         raw.commit()
     time.sleep(0.6)
     assert "已满" in _line(await b.send(b.text("班次")) or "", "爱心冰柜补货")
+
+
+async def test_an_emergency_never_uses_the_cached_aed_map(settings, world, sessions, engine) -> None:  # type: ignore[no-untyped-def]
+    """A location reply may use this process's recent AED map; an SOS reads the database."""
+    srv = TestServer(create_app(settings.model_copy(update={"read_cache_s": 60})), host="127.0.0.1")
+    await srv.start_server()
+    try:
+        v = Simulator.from_settings(settings, str(srv.make_url("/wechat")), "demo-volunteer")
+        gov = "东阳市人民政府一楼大厅"
+        assert gov in (await v.send(v.location(29.2785, 120.2282, "政府")) or "")
+        with engine.connect() as conn:  # marked faulty elsewhere (raw SQL: no event here)
+            raw = conn.connection.dbapi_connection
+            raw.cursor().execute(f"UPDATE aed SET status = 'faulty' WHERE name = '{gov}'")
+            raw.commit()
+        assert gov in (await v.send(v.location(29.2785, 120.2282, "政府")) or "")  # cached
+        assert "120" in (await v.send(v.text("急救")) or "")
+        sos = await v.send(v.location(29.2785, 120.2282, "政府")) or ""
+        assert "120" in sos and "AED" in sos and gov not in sos
+    finally:
+        await srv.close()
