@@ -58,6 +58,8 @@ _REDIS_S = 1.0  # per dedupe call
 EDGE_REDIS = web.AppKey("edge_redis", aredis.Redis)
 POOL = web.AppKey("handler_pool", ThreadPoolExecutor)
 INLINE = web.AppKey("inline_gate", "InlineGate")
+CLAIM = web.AppKey("claim_script", Any)
+REPLIES = web.AppKey("reply_store", "ReplyStore")
 
 # Events that change what we may send a person are never rate-limited or dropped.
 _NEVER_LIMITED = frozenset({"subscribe", "unsubscribe"})
@@ -114,6 +116,8 @@ def handler_ctx(factory: HandlerFactory | None):  # type: ignore[no-untyped-def]
         # share): its size bounds how many messages touch the database at once.
         app[POOL] = ThreadPoolExecutor(max_workers=settings.web_threads, thread_name_prefix="engine")
         app[INLINE] = InlineGate(enabled=settings.web_inline_reads)
+        app[CLAIM] = app[EDGE_REDIS].register_script(_CLAIM_LUA)  # EVALSHA: the body is sent once
+        app[REPLIES] = ReplyStore(app[EDGE_REDIS])
         if factory is None:
             # imported here: the engine is optional for the adapter (tests pass a stub)
             from bot.engine import build_handler
@@ -122,12 +126,13 @@ def handler_ctx(factory: HandlerFactory | None):  # type: ignore[no-untyped-def]
         else:
             app[HANDLER] = factory(app)
         yield
+        await app[REPLIES].drain(_LATE_DRAIN_S)
         late: set[asyncio.Task[Any]] = app[LATE_TASKS]
         pending = list(late)
         if pending:
             _done, still = await asyncio.wait(pending, timeout=_LATE_DRAIN_S)
             for task in still:
-                log.warning("shutdown: a late answer (or stored reply) was still running; dropped")
+                log.warning("shutdown: a late answer was still running; dropped")
                 task.cancel()
         close = getattr(app[HANDLER], "close", None)
         if callable(close):
@@ -243,10 +248,9 @@ async def _answer(app: web.Application, key: str, inbound: Inbound) -> tuple[str
     handler = app[HANDLER]
     state_keys = getattr(handler, "state_keys", None)
     keys = [key, rate_key, *(state_keys(inbound.user) if state_keys is not None else ())]
-    out = await _redis(
-        client.eval, _CLAIM_LUA, len(keys), *keys, _pending(), settings.dedupe_ttl_s,
-        settings.ratelimit_messages, int(settings.ratelimit_window_s * 1000),
-    )
+    out = await _redis(app[CLAIM], keys=keys, args=[
+        _pending(), settings.dedupe_ttl_s, settings.ratelimit_messages, int(settings.ratelimit_window_s * 1000),
+    ])
     claimed, state = (out[0], list(out[1:])) if isinstance(out, list) and out else (out, None)
     if claimed == -1:
         return await _wait_for_first(client, key, settings.reply_budget_s), "duplicate"
@@ -255,7 +259,7 @@ async def _answer(app: web.Application, key: str, inbound: Inbound) -> tuple[str
         notice = TOO_FAST if inbound.kind != "event" or inbound.event == "click" else None
         log.info("rate limit: %s over %d per %gs", mask_openid(inbound.user),
                  settings.ratelimit_messages, settings.ratelimit_window_s)
-        await _redis(client.set, key, json.dumps({"s": "done", "r": notice}), xx=True, keepttl=True)
+        app[REPLIES].put(key, json.dumps({"s": "done", "r": notice}))
         return notice, "limited"
     # claimed is 1, or _FAILED (Redis away: answer anyway, unlimited; a retry may run twice)
 
@@ -267,8 +271,39 @@ async def _answer(app: web.Application, key: str, inbound: Inbound) -> tuple[str
     reply, outcome = await _run(app, inbound, settings.reply_budget_s, state)
     # stored for WeChat's retries (which wait for it, polling) while the reply goes out: the
     # answer is not held back a turn of the loop for it
-    _background(app, _redis(client.set, key, json.dumps({"s": "done", "r": reply}), xx=True, keepttl=True))
+    app[REPLIES].put(key, json.dumps({"s": "done", "r": reply}))
     return reply, outcome
+
+
+class ReplyStore:
+    """Replies kept for WeChat's retries, written in batches: one pipelined round trip for all
+    the replies finished while the last batch was on its way, instead of a Redis call (and a
+    task) each. A retry that arrives first waits for its reply (``_wait_for_first`` polls)."""
+
+    def __init__(self, client: aredis.Redis) -> None:
+        self.client = client
+        self._pending: list[tuple[str, str]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    def put(self, key: str, value: str) -> None:
+        self._pending.append((key, value))
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._flush())
+
+    async def _flush(self) -> None:
+        while self._pending:  # what arrived during a write goes in the next one
+            batch, self._pending = self._pending, []
+            pipe = self.client.pipeline(transaction=False)
+            for key, value in batch:
+                pipe.set(key, value, xx=True, keepttl=True)
+            await _redis(pipe.execute)
+
+    async def drain(self, timeout: float) -> None:
+        """On shutdown: what is still to be written, within ``timeout``."""
+        if self._task is not None and not self._task.done():
+            _done, still = await asyncio.wait([self._task], timeout=timeout)
+            if still:
+                log.warning("shutdown: %d stored replies not written", len(self._pending))
 
 
 def _background(app: web.Application, work: Coroutine[Any, Any, Any]) -> None:

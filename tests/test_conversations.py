@@ -367,6 +367,6 @@ async def test_the_claim_reads_the_senders_state(settings, server, world, redis_
     assert "班次" in await say(v, "帮助")
     stats = redis_client.info("commandstats")
     # (GETs run inside the claim's script count as GETs too: the engine's own read is an MGET)
-    assert "cmdstat_mget" not in stats and stats["cmdstat_eval"]["calls"] == 1, stats
+    assert "cmdstat_mget" not in stats and stats["cmdstat_evalsha"]["calls"] == 1, stats
     assert "姓名" in await say(v, "注册")
     assert "注册" in await say(v, "帮助")  # mid-dialog: help, then where we were
