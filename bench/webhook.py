@@ -2,9 +2,11 @@
 
     python -m bench.webhook [--requests 4000] [--max-seconds 60] [--concurrency 50,200]
                             [--openids 2000] [--volunteers 3000] [--mode plain|safe]
+                            [--processes N] [--threads N] [--app-root DIR]
 
-Ours: the real app (``redgrid web``, i.e. ``bot.app.create_app`` with the real engine) in its
-own process, on a demo-seeded database (``redgrid.demo.seed_demo(seed=1)``: a temp SQLite file,
+Ours: the real app (``redgrid web``, i.e. ``bot.app.create_app`` with the real engine) as
+production runs it: ``--processes`` web processes (default one per core; gunicorn when more
+than one), on a demo-seeded database (``redgrid.demo.seed_demo(seed=1)``: a temp SQLite file,
 or PostgreSQL when ``REDGRID_BENCH_DATABASE_URL`` is set) and real Redis (a redis-server this
 script spawns on a free port, or ``REDGRID_BENCH_REDIS_URL``). Logs on, at INFO, as in
 production (to a file).
@@ -20,9 +22,11 @@ request is signed as WeChat signs it, from one of ``--openids`` distinct demo pe
 starts so the client spends its CPU on the wire only; the server and the client still share
 this machine's cores, for both apps alike.
 
-Printed per app and level: requests/s, p50/p99 latency (ms), errors, and the web process's
-peak RSS (VmHWM from /proc); then ours/echo ratios. The issue's target: at 50 concurrent,
-p99 < 100 ms and throughput at least half the echo's.
+Printed per app and level: requests/s, p50/p99 latency (ms), errors, the web processes'
+peak RSS (VmHWM from /proc, summed over the process tree) and CPU time per request (user +
+system, over the tree); then ours/echo ratios. ``BENCH_PROFILE=file`` runs our server under
+py-spy; ``BENCH_YAPPI=script`` runs it through a profiling wrapper script of your own.
+The issue's target: at 50 concurrent, p99 < 100 ms and throughput at least half the echo's.
 """
 
 from __future__ import annotations
@@ -352,7 +356,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--volunteers", type=int, default=3000, help="demo seed size")
     ap.add_argument("--mode", choices=["plain", "safe"], default="plain")
     ap.add_argument("--threads", type=int, default=None, help="WEB_THREADS for our app")
-    ap.add_argument("--processes", type=int, default=1, help="WEB_PROCESSES for our app")
+    ap.add_argument("--processes", type=int, default=os.cpu_count() or 1,
+                    help="WEB_PROCESSES for our app (default: one per core, as README's Running at scale says)")
     ap.add_argument("--app-root", type=Path, default=ROOT,
                     help="serve our app from this checkout (e.g. a git worktree of an older commit)")
     ap.add_argument("--json", action="store_true", help="also print the results as JSON")
@@ -376,7 +381,8 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         prepare_database(db_url, args.volunteers)
         openids = demo_openids(db_url, args.openids, rng)
-        print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start", flush=True)
+        print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start; "
+              f"ours: {args.processes} web process(es), echo: 1", flush=True)
         print(f"seeded in {time.perf_counter() - t0:.1f}s; {len(openids)} senders; database "
               f"{db_url.split('://')[0]}; redis {'spawned' if len(procs) else 'given'}", flush=True)
 
