@@ -53,6 +53,7 @@ TOO_FAST = "您发送得太快了，请稍等片刻再试。"
 _POLL_S = 0.05  # how often a retry looks for the first arrival's reply
 _LATE_DRAIN_S = 10.0  # on shutdown, how long late answers may still take
 _REDIS_S = 1.0  # per dedupe call
+_EDGE_CONNECTIONS = 64  # per web process; a claim holds one for about a millisecond
 
 # The webhook's asyncio Redis client and the engine's thread pool (see handler_ctx).
 EDGE_REDIS = web.AppKey("edge_redis", aredis.Redis)
@@ -107,11 +108,14 @@ def handler_ctx(factory: HandlerFactory | None):  # type: ignore[no-untyped-def]
 
     async def ctx(app: web.Application):  # type: ignore[no-untyped-def]
         settings = app[SETTINGS]
-        # Short timeouts: the edge answers without Redis rather than wait on it.
-        app[EDGE_REDIS] = aredis.Redis.from_url(
-            redis_url(settings), socket_timeout=_REDIS_S, socket_connect_timeout=_REDIS_S,
-            health_check_interval=30,
-        )
+        # Short timeouts: the edge answers without Redis rather than wait on it. A bounded
+        # pool that makes a claim wait its turn for a connection (within the same timeout):
+        # redis-py's default pool fails outright past 100 at once, which under a burst had
+        # turned dedupe off for the messages over it.
+        app[EDGE_REDIS] = aredis.Redis(connection_pool=aredis.BlockingConnectionPool.from_url(
+            redis_url(settings), max_connections=_EDGE_CONNECTIONS, timeout=_REDIS_S,
+            socket_timeout=_REDIS_S, socket_connect_timeout=_REDIS_S, health_check_interval=30,
+        ))
         # The engine's own pool (not the loop's default one, which getaddrinfo and others
         # share): its size bounds how many messages touch the database at once.
         app[POOL] = ThreadPoolExecutor(max_workers=settings.web_threads, thread_name_prefix="engine")
@@ -140,7 +144,7 @@ def handler_ctx(factory: HandlerFactory | None):  # type: ignore[no-untyped-def]
             if inspect.isawaitable(result):
                 await result
         app[POOL].shutdown(wait=False, cancel_futures=True)
-        await app[EDGE_REDIS].aclose()
+        await app[EDGE_REDIS].aclose(close_connection_pool=True)
 
     return ctx
 

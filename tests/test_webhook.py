@@ -510,3 +510,18 @@ def test_inline_gate_reopens_after_its_cooldown() -> None:
     t[0] = 10.0
     assert gate.open()
     assert not InlineGate(enabled=False).open()
+
+
+async def test_a_burst_keeps_dedupe_on(serve: Serve, caplog: pytest.LogCaptureFixture) -> None:
+    """300 messages at once: each claim waits its turn for one of the edge's Redis
+    connections; none is answered without its dedupe claim."""
+    handler = StubHandler()
+    server, _ = await serve(handler)
+    url = str(server.make_url("/wechat"))
+    sims = [Simulator(url, token=TOKEN, app_id=APP_ID, openid=f"o-burst-{i}") for i in range(300)]
+    with caplog.at_level(logging.WARNING, logger="bot.webhook"):
+        replies = await asyncio.gather(*(s.send(s.text("帮助")) for s in sims))
+    assert all(r and r.endswith("帮助") for r in replies)
+    assert len(handler.calls) == 300
+    assert not [r for r in caplog.records if "Redis unavailable" in r.getMessage()]
+    assert metric(server, "text", "replied") == 300
