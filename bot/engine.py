@@ -94,7 +94,15 @@ class Conversation:
         if not _may_only_read(inbound):
             return False, None
         try:
-            return True, self._handle(inbound, read_only=True, state=state)
+            try:
+                return True, self._handle(inbound, read_only=True, state=state)
+            except DBAPIError as exc:
+                if not exc.connection_invalidated:
+                    raise
+                # the database went away and came back (a restart): the pool has let go of
+                # its old connections; nothing was written, so once more on a new one
+                log.warning("database connection lost; read-only turn retried")
+                return True, self._handle(inbound, read_only=True, state=state)
         except _NeedsWrite:
             return False, None
         except DBAPIError as exc:

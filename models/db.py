@@ -100,6 +100,8 @@ def make_engine(settings: Settings, **kwargs: Any) -> Engine:
             dbapi_conn.isolation_level = None
 
         return engine
+    # a ping at each checkout: a connection the server dropped (a restart) is replaced
+    # before use, so a restart costs no request an error (tests/test_faults.py)
     kwargs.setdefault("pool_pre_ping", True)
     _pool_defaults(kwargs)
     return create_engine(url, **kwargs)

@@ -49,7 +49,7 @@ def _committed(conn: Any) -> None:
     # SQLAlchemy calls this just before the database commits: a reader in between could
     # still load the old rows under the new count. The ORM session's after_commit (this
     # thread, right after) counts the same tables once more, which drops such a snapshot.
-    tables = conn.info.pop("redgrid_wrote", None)
+    tables = None if conn.invalidated else conn.info.pop("redgrid_wrote", None)
     _just_committed.tables = tables  # every commit overwrites it (an ORM one fires this first)
     if tables:
         _bump(tables)
@@ -71,6 +71,8 @@ def _bump(tables: Iterable[str]) -> None:
 
 @event.listens_for(Engine, "rollback")
 def _rolled_back(conn: Any) -> None:
+    if conn.invalidated:
+        return  # its connection died (and with it conn.info): touching .info would reconnect
     conn.info.pop("redgrid_wrote", None)
 
 

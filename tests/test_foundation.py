@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 from sqlalchemy.engine import Engine
 from sqlmodel import select
 
@@ -147,3 +147,30 @@ def test_read_transaction_refuses_writes_on_both_back_ends(sessions) -> None:  #
             s.add(AuditEntry(action="ok", entity="x"))
     with read_transaction(sessions) as s:
         assert [a.action for a in s.exec(select(AuditEntry))] == ["ok"] * 3
+
+
+def test_a_connection_dying_mid_transaction_surfaces_as_itself(pg_engine) -> None:  # type: ignore[no-untyped-def]
+    """The server drops a connection inside a transaction (a restart): the error that comes
+    out of both kinds of transaction is the database's, marked connection_invalidated (what a
+    read-only turn retries on, bot/engine.py), and the next transaction works."""
+    from sqlalchemy import create_engine as sa_create_engine
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import DBAPIError
+
+    from models.db import read_transaction, session_factory, transaction
+    from tests.conftest import PG_URL
+
+    database = make_url(pg_engine.url).database
+    sessions = session_factory(pg_engine)
+    for tx in (transaction, read_transaction):
+        with pytest.raises(DBAPIError) as err, tx(sessions) as s:
+            s.execute(text("SELECT 1"))
+            admin = sa_create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+            with admin.connect() as conn:
+                conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                  "WHERE datname = :db AND pid <> pg_backend_pid()"), {"db": database})
+            admin.dispose()
+            s.execute(text("SELECT 1"))
+        assert err.value.connection_invalidated
+        with transaction(sessions) as s:
+            assert s.execute(text("SELECT 1")).scalar() == 1
