@@ -180,7 +180,7 @@ class Conversation:
             found = session.connection().execute(_person_query(row=True), {"openid": inbound.user}).first()
             if found is None or found.deferred or not found.subscribed:
                 raise _NeedsWrite
-            return found  # type: ignore[no-any-return]
+            return found  # type: ignore[no-any-return, return-value]
         row = session.exec(_person_query(), params={"openid": inbound.user}).first()
         person, deferred = row if row is not None else (None, False)
         if person is None:

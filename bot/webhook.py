@@ -58,9 +58,9 @@ _EDGE_CONNECTIONS = 64  # per web process; a claim holds one for about a millise
 # The webhook's asyncio Redis client and the engine's thread pool (see handler_ctx).
 EDGE_REDIS = web.AppKey("edge_redis", aredis.Redis)
 POOL = web.AppKey("handler_pool", ThreadPoolExecutor)
-INLINE = web.AppKey("inline_gate", "InlineGate")
-CLAIM = web.AppKey("claim_script", Any)
-REPLIES = web.AppKey("reply_store", "ReplyStore")
+INLINE: web.AppKey[InlineGate] = web.AppKey("inline_gate")
+CLAIM: web.AppKey[Any] = web.AppKey("claim_script")
+REPLIES: web.AppKey[ReplyStore] = web.AppKey("reply_store")
 
 # Events that change what we may send a person are never rate-limited or dropped.
 _NEVER_LIMITED = frozenset({"subscribe", "unsubscribe"})

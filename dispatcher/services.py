@@ -322,8 +322,8 @@ class Shift:
     grid_id: int
     starts_at: datetime
     ends_at: datetime
-    lat: float | None
-    lng: float | None
+    lat: float
+    lng: float
     slots: int
     accepted_count: int
 

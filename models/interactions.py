@@ -91,7 +91,7 @@ def _flush_query() -> Any:
     t = Person.__table__.c  # type: ignore[attr-defined]
     last = t.last_interaction_at
     return (
-        update(Person.__table__)  # type: ignore[arg-type]
+        update(Person.__table__)  # type: ignore[arg-type, attr-defined]
         .where(t.openid == bindparam("who"))
         .where(last.is_(None) | (last < bindparam("at")))
         .values(last_interaction_at=bindparam("at"))
