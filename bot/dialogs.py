@@ -9,8 +9,8 @@ is how a resumed dialog picks up where it was.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, tzinfo
 from typing import TYPE_CHECKING
 
@@ -63,6 +63,8 @@ class Turn:
     tz: tzinfo
     store: DialogStore
     settings: Settings
+    # the read cache's write counts as this turn's transaction began (models/readcache.py)
+    seen: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def text(self) -> str:

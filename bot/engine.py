@@ -31,7 +31,7 @@ from dispatcher import aed as aed_rank
 from dispatcher.effects import Effects
 from dispatcher.geo import amap_link, format_distance, tencent_map_link
 from dispatcher.services import Shift, ShiftBoard, StatusView
-from models import interactions
+from models import interactions, readcache
 from models.db import is_read_only_refusal, read_transaction, transaction, utcnow
 from models.outbox import queue_message
 from models.readcache import ReadCache
@@ -118,11 +118,12 @@ class Conversation:
         if not (inbound.kind == "event" and inbound.event == "unsubscribe"):
             # first, before the person's deferred messages are looked for (jobs/outbound.py)
             self._touch(inbound.user, now)
+        seen = readcache.snapshot()
         with (read_transaction if read_only else transaction)(self.sessions) as session:
             person = self._person(session, inbound, now, fx, read_only=read_only)
             # this message's view of the sender's dialog state: one Redis round trip to read it
             turn = Turn(inbound, session, person, fx, now, self.tz, self.store.for_user(inbound.user, state),
-                        self.settings)
+                        self.settings, seen)
             reply = self._route(turn, read_only=read_only)
         self._apply(fx, urgent=inbound.text.strip().lower() in ("急救", "sos"))
         return clip(reply) if reply else None
@@ -578,7 +579,7 @@ class Conversation:
         from dispatcher import services
 
         return self.cache.get("shift_board", lambda: services.shift_board(turn.session, now=turn.now, days=7),
-                              tables=("task", "assignment", "grid_unit"))
+                              tables=("task", "assignment", "grid_unit"), since=turn.seen)
 
     def _aed_map(self, session: Session) -> list[aed_rank.AEDPoint]:
         # columns, not ORM objects: building ~100 AED objects cost more than ranking them
@@ -594,7 +595,8 @@ class Conversation:
         not be sent to an AED another process has just marked faulty)."""
         d = 0.1  # ~10 km box; the city's AEDs (a few hundred at most) are ranked in memory
         everywhere = (self._aed_map(turn.session) if fresh
-                      else self.cache.get("aed_map", lambda: self._aed_map(turn.session), tables=("aed",)))
+                      else self.cache.get("aed_map", lambda: self._aed_map(turn.session), tables=("aed",),
+                                          since=turn.seen))
         points = [p for p in everywhere if abs(p.lat - lat) <= d and abs(p.lng - lng) <= d]
         local = turn.now.astimezone(self.tz).time()
         hits = aed_rank.nearest(points, lat, lng, local, k=3)

@@ -189,6 +189,7 @@ async def _post(request: web.Request) -> web.StreamResponse:
         return _refuse(request, 413, BadMessage(f"body over {limit} bytes"))
 
     now = time.time()
+    deadline = time.monotonic() + settings.reply_budget_s  # WeChat's clock starts on arrival
     try:
         envelope = wechat.open_envelope(query=request.query, body=body, settings=settings, now=now)
         inbound = wechat.to_inbound(envelope.fields)
@@ -199,7 +200,7 @@ async def _post(request: web.Request) -> web.StreamResponse:
 
     request[OPENID] = mask_openid(inbound.user)
     try:
-        reply, outcome = await _answer(app, wechat.dedupe_key(envelope.fields), inbound)
+        reply, outcome = await _answer(app, wechat.dedupe_key(envelope.fields), inbound, deadline)
     except Exception:
         log.exception("wechat: failed answering a %s", inbound.kind)
         reply, outcome = APOLOGY, "error"
@@ -243,8 +244,9 @@ def _refuse(request: web.Request, status: int, exc: Exception) -> web.Response:
 # --- dedupe and the 5-second budget --------------------------------------------------------
 
 
-async def _answer(app: web.Application, key: str, inbound: Inbound) -> tuple[str | None, str]:
-    """The reply (None: "success") and an outcome label for the metrics."""
+async def _answer(app: web.Application, key: str, inbound: Inbound, deadline: float) -> tuple[str | None, str]:
+    """The reply (None: "success") and an outcome label for the metrics; ``deadline``
+    (monotonic): when the reply budget, counted from the request's arrival, runs out."""
     settings = app[SETTINGS]
     client = app[EDGE_REDIS]
     limited = not (inbound.kind == "event" and inbound.event in _NEVER_LIMITED)
@@ -257,7 +259,7 @@ async def _answer(app: web.Application, key: str, inbound: Inbound) -> tuple[str
     ])
     claimed, state = (out[0], list(out[1:])) if isinstance(out, list) and out else (out, None)
     if claimed == -1:
-        return await _wait_for_first(client, key, settings.reply_budget_s), "duplicate"
+        return await _wait_for_first(client, key, deadline), "duplicate"
     if claimed == 0:
         # over the limit: no engine; an event that expects no answer is dropped quietly
         notice = TOO_FAST if inbound.kind != "event" or inbound.event == "click" else None
@@ -272,7 +274,7 @@ async def _answer(app: web.Application, key: str, inbound: Inbound) -> tuple[str
         # takes every turn for a while
         app[INLINE].trip()
     state = state if state_keys is not None and claimed == 1 and len(state or ()) == len(keys) - 2 else None
-    reply, outcome = await _run(app, inbound, settings.reply_budget_s, state)
+    reply, outcome = await _run(app, inbound, max(0.0, deadline - time.monotonic()), state)
     # stored for WeChat's retries (which wait for it, polling) while the reply goes out: the
     # answer is not held back a turn of the loop for it
     app[REPLIES].put(key, json.dumps({"s": "done", "r": reply}))
@@ -284,13 +286,15 @@ class ReplyStore:
     the replies finished while the last batch was on its way, instead of a Redis call (and a
     task) each. A retry that arrives first waits for its reply (``_wait_for_first`` polls)."""
 
+    ATTEMPTS = 3  # a batch Redis refused is tried again, a moment later, this many times in all
+
     def __init__(self, client: aredis.Redis) -> None:
         self.client = client
-        self._pending: list[tuple[str, str]] = []
+        self._pending: list[tuple[str, str, int]] = []
         self._task: asyncio.Task[None] | None = None
 
     def put(self, key: str, value: str) -> None:
-        self._pending.append((key, value))
+        self._pending.append((key, value, 1))
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._flush())
 
@@ -298,16 +302,25 @@ class ReplyStore:
         while self._pending:  # what arrived during a write goes in the next one
             batch, self._pending = self._pending, []
             pipe = self.client.pipeline(transaction=False)
-            for key, value in batch:
+            for key, value, _n in batch:
                 pipe.set(key, value, xx=True, keepttl=True)
-            await _redis(pipe.execute)
+            if await _redis(pipe.execute) is not _FAILED:
+                continue
+            again = [(k, v, n + 1) for k, v, n in batch if n < self.ATTEMPTS]
+            if len(again) < len(batch):
+                # their retries (if WeChat sends any) will wait out the budget and get "success"
+                log.warning("%d replies for WeChat's retries could not be stored", len(batch) - len(again))
+            self._pending = again + self._pending
+            if again:
+                await asyncio.sleep(0.2)
 
     async def drain(self, timeout: float) -> None:
         """On shutdown: what is still to be written, within ``timeout``."""
         if self._task is not None and not self._task.done():
             _done, still = await asyncio.wait([self._task], timeout=timeout)
             if still:
-                log.warning("shutdown: %d stored replies not written", len(self._pending))
+                self._task.cancel()
+                log.warning("shutdown: replies for WeChat's retries not all stored (%d queued)", len(self._pending))
 
 
 def _background(app: web.Application, work: Coroutine[Any, Any, Any]) -> None:
@@ -399,11 +412,10 @@ def _as_text(reply: object) -> str | None:
     return reply if isinstance(reply, str) else str(reply)
 
 
-async def _wait_for_first(client: aredis.Redis, key: str, budget: float) -> str | None:
-    """A retry's reply: the first arrival's, once it is stored; "success" past the budget."""
-    deadline = time.monotonic() + budget
+async def _wait_for_first(client: aredis.Redis, key: str, deadline: float) -> str | None:
+    """A retry's reply: the first arrival's, once it is stored; "success" past ``deadline``."""
     while True:
-        raw = await _redis(client.get, key)
+        raw = await _redis(client.get, key, timeout=max(0.01, min(_REDIS_S, deadline - time.monotonic())))
         if raw is None or raw is _FAILED:
             return None  # expired, or Redis is away: nothing better to say
         try:
@@ -425,12 +437,12 @@ def _pending() -> str:
 _FAILED = object()
 
 
-async def _redis(call: Any, *args: Any, **kwargs: Any) -> Any:
+async def _redis(call: Any, *args: Any, timeout: float = _REDIS_S, **kwargs: Any) -> Any:
     """An asyncio Redis call; ``_FAILED`` (logged) when Redis fails."""
     try:
         # bounded well inside the 5 s budget even when Redis hangs (a timeout scope, not
         # wait_for: no task per call)
-        async with asyncio.timeout(_REDIS_S):
+        async with asyncio.timeout(timeout):
             return await call(*args, **kwargs)
     except (redis.RedisError, OSError, TimeoutError) as exc:
         log.warning("wechat dedupe: Redis unavailable (%s); continuing without it", type(exc).__name__)

@@ -272,10 +272,15 @@ def _wrote_meanwhile(rt: Runtime, delivery_id: int) -> bool:
         d = s.get(Delivery, delivery_id)
         if d is None or d.status != DeliveryStatus.deferred:
             return False
-        person = s.get(Person, d.person_id)
-        if person is None:
-            return False
-        last = interactions.latest(rt.redis, person.openid, person.last_interaction_at)
+        openid = s.execute(select(Person.openid).where(Person.id == d.person_id)).scalar()
+        # Redis first, then the row, in a statement of its own: a flush that moved the time
+        # from Redis to the row in between is then seen in the row
+        try:
+            buffered = interactions.latest(rt.redis, openid, None)
+        except redis.RedisError:
+            buffered = None  # judged by the row alone (the retry of a send comes to no harm)
+        stored = s.execute(select(Person.last_interaction_at).where(Person.id == d.person_id)).scalar()
+        last = max((t for t in (buffered, stored) if t is not None), default=None)
         return within_window(last, clock(rt)) and transition(s, d, DeliveryStatus.pending)
 
 

@@ -75,12 +75,18 @@ def flush(client: redis.Redis, sessions: sessionmaker[Session]) -> int:
             rows = [{"who": _text(o), "at": _from_ms(ms)} for o, ms in sorted(pairs.items())]
             with sessions() as session, session.begin():
                 session.connection().execute(_flush_query(), rows)
-        client.delete(FLUSHING)
+        # done: the batch goes with the lock, if the lock is still ours (a flush that took
+        # longer than LOCK_S may have been overtaken: then the batch there is another's)
+        client.eval(_DONE_LUA, 2, LOCK, FLUSHING, token)
         return len(pairs)
     finally:
         client.eval(_UNLOCK_LUA, 1, LOCK, token)
 
 
+_DONE_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[2]) end
+return 0
+"""
 _UNLOCK_LUA = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0

@@ -15,7 +15,7 @@ import re
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from typing import Any, TypeVar
 
 from sqlalchemy import event
@@ -76,9 +76,18 @@ def _rolled_back(conn: Any) -> None:
     conn.info.pop("redgrid_wrote", None)
 
 
-def generation(tables: Iterable[str]) -> int:
-    """How many writing commits to any of ``tables`` this process has made so far."""
-    return _generations[ANY] + sum(_generations[t] for t in tables)
+def generation(tables: Iterable[str], counts: Mapping[str, int] | None = None) -> int:
+    """How many writing commits to any of ``tables`` this process has made so far (or had
+    made when ``counts`` was taken: ``snapshot``)."""
+    c = _generations if counts is None else counts
+    return c.get(ANY, 0) + sum(c.get(t, 0) for t in tables)
+
+
+def snapshot() -> dict[str, int]:
+    """The write counts now: taken as a transaction begins, a snapshot read in it is stored
+    under them, so a commit that landed in between (which that transaction may not see, on
+    SQLite its snapshot starts at its first read) drops it."""
+    return dict(_generations)
 
 
 class ReadCache:
@@ -89,17 +98,19 @@ class ReadCache:
         self.hits = 0
         self.misses = 0
 
-    def get(self, key: Hashable, load: Callable[[], T], *, tables: tuple[str, ...]) -> T:
+    def get(self, key: Hashable, load: Callable[[], T], *, tables: tuple[str, ...],
+            since: Mapping[str, int] | None = None) -> T:
         """The snapshot under ``key``, or a fresh one from ``load()`` (kept for ``ttl_s``);
-        ``tables``: what it is read from (a write to any of them drops it)."""
+        ``tables``: what it is read from (a write to any of them drops it); ``since``: the
+        counts as the transaction ``load`` reads in began (``snapshot``)."""
         if self.ttl_s <= 0:
             return load()
         now = self.clock()
-        gen = generation(tables)
         entry = self._entries.get(key)
-        if entry is not None and entry[0] > now and entry[1] == gen:
+        if entry is not None and entry[0] > now and entry[1] == generation(tables):
             self.hits += 1
             return entry[2]  # type: ignore[no-any-return]
+        gen = generation(tables, since)
         self.misses += 1
         value = load()
         # two threads may load the same key at once: both values are good, the last one stays

@@ -12,6 +12,7 @@ agree on (dedupe keys, dialog state, rate limits) is in Redis already.
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 from models.settings import Settings
@@ -23,13 +24,16 @@ def serve(settings: Settings, *, port: int, processes: int) -> None:
     from models.redisconn import ensure_embedded
 
     owned = ensure_embedded(settings)  # workers find the embedded server by its socket
+    master = os.getpid()
     try:
         if processes <= 1:
             _serve_one(settings, port)
         else:
             _serve_many(settings, port, processes, owned)
     finally:
-        if owned:
+        # a gunicorn worker leaves through this frame too (it was forked inside it): only the
+        # process that started the embedded Redis stops it
+        if owned and os.getpid() == master:
             owned.stop()
 
 
@@ -65,6 +69,7 @@ def _disown(owned: Any) -> None:
         import atexit
 
         atexit.unregister(server._cleanup)
+        server._cleanup = lambda *_a, **_k: None  # nor when the worker's copy is collected
 
 
 def _serve_one(settings: Settings, port: int) -> None:

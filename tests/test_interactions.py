@@ -70,3 +70,19 @@ def test_flushes_never_overlap(sessions, redis_client) -> None:  # type: ignore[
     redis_client.delete(interactions.LOCK)
     assert interactions.flush(redis_client, sessions) == 1
     assert _last(sessions, pid) is not None
+
+
+def test_a_flush_overtaken_leaves_the_newer_batch(sessions, redis_client) -> None:  # type: ignore[no-untyped-def]
+    """A flush that outlived its lock (another flush took over) does not delete the batch
+    that is now the other's."""
+    pid = _person(sessions, "o-d")
+    interactions.record(redis_client, "o-d", utcnow())
+
+    def overtaken():  # type: ignore[no-untyped-def]
+        redis_client.set(interactions.LOCK, "another flush's token")  # our lock expired, taken
+        return sessions()
+
+    assert interactions.flush(redis_client, overtaken) == 1  # type: ignore[arg-type]
+    assert _last(sessions, pid) is not None  # its own write still landed
+    assert redis_client.exists(interactions.FLUSHING)  # but the batch is left to its owner
+    assert redis_client.get(interactions.LOCK) == b"another flush's token"

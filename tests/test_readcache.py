@@ -117,3 +117,23 @@ async def test_an_emergency_never_uses_the_cached_aed_map(settings, world, sessi
         assert "120" in sos and "AED" in sos and gov not in sos
     finally:
         await srv.close()
+
+
+def test_a_snapshot_read_across_a_commit_is_not_kept(sessions) -> None:  # type: ignore[no-untyped-def]
+    """The counts are taken as the reading transaction begins; a commit that lands before
+    the load (which that transaction may not see) leaves the loaded value unkept."""
+    from models.readcache import snapshot
+
+    cache = ReadCache(60.0)
+    loads: list[int] = []
+
+    def load() -> int:
+        loads.append(1)
+        return len(loads)
+
+    seen = snapshot()
+    with sessions() as s, s.begin():
+        s.add(Person(openid="o-between"))
+    assert cache.get("k", load, tables=("person",), since=seen) == 1
+    assert cache.get("k", load, tables=("person",), since=snapshot()) == 2  # not kept
+    assert cache.get("k", load, tables=("person",), since=snapshot()) == 2  # kept now

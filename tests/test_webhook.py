@@ -525,3 +525,36 @@ async def test_a_burst_keeps_dedupe_on(serve: Serve, caplog: pytest.LogCaptureFi
     assert len(handler.calls) == 300
     assert not [r for r in caplog.records if "Redis unavailable" in r.getMessage()]
     assert metric(server, "text", "replied") == 300
+
+
+async def test_a_reply_batch_redis_refused_is_tried_again(redis_client: redis.Redis, redis_url: str) -> None:
+    """Replies kept for WeChat's retries: a batch that failed goes again a moment later."""
+    import redis.asyncio as aredis
+
+    from bot.webhook import ReplyStore
+
+    client = aredis.Redis.from_url(redis_url)
+    failures = [1]
+    real_pipeline = client.pipeline
+
+    def flaky_pipeline(**kw):  # type: ignore[no-untyped-def]
+        pipe = real_pipeline(**kw)
+        if failures:
+            failures.pop()
+
+            async def boom() -> None:
+                raise redis.ConnectionError("connection reset")
+
+            pipe.execute = boom  # type: ignore[method-assign]
+        return pipe
+
+    client.pipeline = flaky_pipeline  # type: ignore[method-assign]
+    try:
+        redis_client.set("dedupe-k", json.dumps({"s": "pending"}), ex=60)
+        store = ReplyStore(client)
+        store.put("dedupe-k", json.dumps({"s": "done", "r": "好的"}))
+        await store.drain(5)
+        assert json.loads(redis_client.get("dedupe-k")) == {"s": "done", "r": "好的"}  # type: ignore[arg-type]
+        assert not failures
+    finally:
+        await client.aclose()

@@ -99,3 +99,38 @@ async def test_several_processes_serve_one_port(tmp_path: Path, redis_url: str, 
     while any(_alive(p) for p in workers) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not any(_alive(p) for p in workers), "SIGTERM stops every worker"
+
+
+def test_a_worker_leaving_does_not_stop_the_embedded_redis(tmp_path: Path) -> None:
+    """Without REDIS_URL the master starts the embedded Redis; a worker that exits (it was
+    forked inside the master's frames) must not stop it for everyone."""
+    import redis
+
+    db_url = f"sqlite:///{tmp_path / 'web.db'}"
+    settings = load_settings(database_url=db_url, var_dir=tmp_path / "var")
+    upgrade_engine = make_engine(settings)
+    upgrade(upgrade_engine)
+    upgrade_engine.dispose()
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "REDIS_URL", "REDGRID_EMBEDDED"))}
+    env.update(DATABASE_URL=db_url, VAR_DIR=str(tmp_path / "var"))
+    log = (tmp_path / "web.log").open("wb")
+    proc = subprocess.Popen([sys.executable, "-m", "redgrid.cli", "web", "--port", str(port), "--processes", "2"],
+                            cwd=ROOT, env=env, stdout=log, stderr=log)
+    sock = settings.embedded_redis_socket
+    try:
+        wait_port(port, proc)
+        pids = _pids(port)
+        deadline = time.monotonic() + 30
+        while len(pids) < 2 and time.monotonic() < deadline:
+            pids |= _pids(port)
+        os.kill(min(pids), signal.SIGTERM)  # a graceful exit, through the forked frames
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and len(_pids(port) - pids) == 0:
+            time.sleep(0.2)
+        assert redis.Redis(unix_socket_path=str(sock), socket_timeout=2).ping()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+        log.close()
+    assert not sock.exists()  # the owner stopped it at the end
