@@ -2,7 +2,7 @@
 
     python -m bench.webhook [--requests 4000] [--max-seconds 60] [--concurrency 50,200]
                             [--openids 2000] [--volunteers 3000] [--mode plain|safe]
-                            [--processes N] [--threads N] [--app-root DIR]
+                            [--processes N] [--threads N] [--app-root DIR] [--edge-only]
 
 Ours: the real app (``redgrid web``, i.e. ``bot.app.create_app`` with the real engine) as
 production runs it: ``--processes`` web processes (default one per core; gunicorn when more
@@ -310,10 +310,34 @@ def measure(targets: dict[str, tuple[str, int]], openids: list[str], args: argpa
 # --- main ------------------------------------------------------------------------------------
 
 
-def start_ours(env: dict[str, str], port: int, log_path: Path, root: Path = ROOT) -> subprocess.Popen[bytes]:
+def serve_edge_only(port: int) -> None:
+    """Our real web app and webhook edge (verify, parse, dedupe claim, rate limit, stored reply,
+    log line, metrics) with a handler that answers at once: what our edge costs on its own."""
+    from aiohttp import web
+
+    from bot.app import create_app
+    from models.settings import load_settings
+    from redgrid.cli import _setup_logging
+
+    class Instant:
+        def handle(self, inbound: Any) -> str:
+            return "收到：" + (inbound.text or inbound.kind)
+
+        def deliver_late(self, user: str, text: str) -> None:
+            pass
+
+    _setup_logging("web")
+    web.run_app(create_app(load_settings(), handler_factory=lambda app: Instant()), host="127.0.0.1",
+                port=port, access_log=None, print=lambda *_: None)
+
+
+def start_ours(env: dict[str, str], port: int, log_path: Path, root: Path = ROOT,
+               edge_only: bool = False) -> subprocess.Popen[bytes]:
     logf = log_path.open("ab")
-    # exactly what `redgrid web` runs
+    # exactly what `redgrid web` runs (or, --edge-only, our app with an instant handler)
     cmd = [sys.executable, "-m", "redgrid.cli", "web", "--port", str(port)]
+    if edge_only:
+        cmd = [sys.executable, "-m", "bench.webhook", "--serve-edge-only", str(port)]
     if os.environ.get("BENCH_YAPPI"):  # a script that runs `redgrid web` under a profiler
         cmd = [sys.executable, os.environ["BENCH_YAPPI"], "--port", str(port)]
     if os.environ.get("BENCH_PROFILE"):  # py-spy's collapsed stacks of the web process
@@ -362,10 +386,16 @@ def main(argv: list[str] | None = None) -> int:
                     help="serve our app from this checkout (e.g. a git worktree of an older commit)")
     ap.add_argument("--json", action="store_true", help="also print the results as JSON")
     ap.add_argument("--keep", action="store_true", help="keep the temp directory (logs, database)")
+    ap.add_argument("--edge-only", action="store_true",
+                    help="ours = our web app with an instant handler, one process (the edge's own cost)")
     ap.add_argument("--serve-echo", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--serve-edge-only", type=int, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.serve_echo is not None:
         serve_echo(args.serve_echo, args.mode == "safe")
+        return 0
+    if args.serve_edge_only is not None:
+        serve_edge_only(args.serve_edge_only)
         return 0
 
     levels = [int(c) for c in args.concurrency.split(",") if c.strip()]
@@ -382,7 +412,8 @@ def main(argv: list[str] | None = None) -> int:
         prepare_database(db_url, args.volunteers)
         openids = demo_openids(db_url, args.openids, rng)
         print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start; "
-              f"ours: {args.processes} web process(es), echo: 1", flush=True)
+              f"ours: {'our edge with an instant handler, 1' if args.edge_only else args.processes} "
+              f"web process(es), echo: 1", flush=True)
         print(f"seeded in {time.perf_counter() - t0:.1f}s; {len(openids)} senders; database "
               f"{db_url.split('://')[0]}; redis {'spawned' if len(procs) else 'given'}", flush=True)
 
@@ -401,7 +432,7 @@ def main(argv: list[str] | None = None) -> int:
         ports = {"echo": free_port(), "ours": free_port()}
         echo = start_echo(ports["echo"], args.mode == "safe")
         procs.append(echo)
-        ours = start_ours(env, ports["ours"], work / "web.log", args.app_root)
+        ours = start_ours(env, ports["ours"], work / "web.log", args.app_root, edge_only=args.edge_only)
         procs.append(ours)
         targets = {app: (f"http://127.0.0.1:{ports[app]}/wechat", p.pid) for app, p in (("echo", echo), ("ours", ours))}
         for level in levels:
