@@ -93,6 +93,10 @@ class Conversation:
         ``state_keys``, when the caller has just read them."""
         if not _may_only_read(inbound):
             return False, None
+        if state is None:
+            # read now, not lazily: a retry below then starts from the same state, not from
+            # what the first attempt wrote (更多 would skip a page)
+            state = self.redis.mget(self.state_keys(inbound.user))  # type: ignore[assignment]
         try:
             try:
                 return True, self._handle(inbound, read_only=True, state=state)

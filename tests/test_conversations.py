@@ -370,3 +370,43 @@ async def test_the_claim_reads_the_senders_state(settings, server, world, redis_
     assert "cmdstat_mget" not in stats and stats["cmdstat_evalsha"]["calls"] == 1, stats
     assert "姓名" in await say(v, "注册")
     assert "注册" in await say(v, "帮助")  # mid-dialog: help, then where we were
+
+
+def test_a_read_only_turn_retried_after_a_lost_connection_starts_from_the_same_state(  # type: ignore[no-untyped-def]
+        settings, world, sessions, redis_client, monkeypatch) -> None:
+    """The database connection dies as a 更多 turn commits (after it saved its page): the
+    retry starts from the state the first attempt read, so it shows the same page."""
+    from datetime import timedelta
+
+    from sqlalchemy.exc import OperationalError
+
+    from bot.engine import Conversation
+    from bot.inbound import Inbound
+    from models import Task, TaskKind, TaskMode
+
+    with sessions() as s, s.begin():
+        near = s.get(Task, world.shift_near)
+        assert near is not None
+        for i in range(8):  # enough shifts for a second page
+            s.add(Task(kind=TaskKind.fridge_restock, mode=TaskMode.signup, title=f"补货{i}", place="东丰村",
+                       lat=near.lat, lng=near.lng, h3=near.h3, grid_id=near.grid_id,
+                       starts_at=near.starts_at + timedelta(hours=i + 1),
+                       ends_at=near.ends_at + timedelta(hours=i + 1), slots=2))
+    conv = Conversation(settings=settings, sessions=sessions, redis_client=redis_client)
+    ask = lambda text: conv.handle(Inbound(user="demo-volunteer", kind="text", text=text))  # noqa: E731
+    assert "回复「更多」" in (ask("班次") or "")
+    real = conv._handle
+    calls: list[int] = []
+
+    def dies_once(inbound, **kw):  # type: ignore[no-untyped-def]
+        out = real(inbound, **kw)
+        calls.append(1)
+        if len(calls) == 1:
+            raise OperationalError("COMMIT", {}, Exception("server closed the connection"),
+                                   connection_invalidated=True)
+        return out
+
+    monkeypatch.setattr(conv, "_handle", dies_once)
+    page2 = ask("更多") or ""
+    assert len(calls) == 2
+    assert page2.splitlines()[1].startswith("6 "), page2  # the second page, not the third
