@@ -25,7 +25,7 @@ SETTINGS = web.AppKey("settings", Settings)
 ENGINE = web.AppKey("engine", Engine)
 SESSIONS = web.AppKey("sessions", sessionmaker)
 REDIS = web.AppKey("redis", redis.Redis)
-METRICS = web.AppKey("metrics", "Metrics")
+METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 
 
 class Metrics:

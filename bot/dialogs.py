@@ -252,7 +252,7 @@ def _register(turn: Turn, d: Dialog) -> None:
         exp = data["expiry"].get(code)
         expires_on = date.fromisoformat(exp) if exp else None
         if row is None:
-            turn.session.add(Certificate(person_id=p.id, skill=code, expires_on=expires_on))
+            turn.session.add(Certificate(person_id=turn.pid, skill=code, expires_on=expires_on))
         else:
             row.expires_on = expires_on
             turn.session.add(row)
@@ -370,7 +370,7 @@ def rep_step(turn: Turn, d: Dialog) -> str:
             report, _task = services.create_report(
                 turn.session,
                 turn.fx,
-                reporter_id=turn.person.id,
+                reporter_id=turn.pid,
                 grid_id=d.data["grid_id"],
                 category=d.data["category"],
                 text=d.data["text"],
@@ -412,11 +412,11 @@ def _report_faulty_aed(turn: Turn, d: Dialog, aed_id: int) -> str:
     aed = turn.session.get(AED, aed_id)
     assert aed is not None
     grid = places.grid_at(turn.session, lat=aed.lat, lng=aed.lng)
-    grid_id = aed.grid_id or (grid.id if grid else d.data["grids"][0][0])
+    grid_id: int = aed.grid_id or (grid.id if grid and grid.id else d.data["grids"][0][0])
     aed.status = AEDStatus.faulty
     turn.session.add(aed)
     report = Report(
-        reporter_id=turn.person.id or 0, grid_id=grid_id, category=d.data["category"],
+        reporter_id=turn.pid, grid_id=grid_id, category=d.data["category"],
         text=f"{aed.name}：{d.data['text']}", lat=aed.lat, lng=aed.lng,
     )  # fmt: skip
     turn.session.add(report)
@@ -529,7 +529,7 @@ def bc_step(turn: Turn, d: Dialog) -> str:
             campaign = create_campaign(
                 turn.session,
                 turn.fx,
-                coordinator_id=turn.person.id,
+                coordinator_id=turn.pid,
                 audience=audience,
                 text=d.data["text"],
                 now=turn.now,

@@ -521,7 +521,7 @@ class Conversation:
         for i, (a, t) in enumerate(s.upcoming, 1):
             label = copy.ASSIGNMENT_LABEL.get(a.status.value, a.status.value).format(pos=a.waitlist_pos)
             lines.append(f"{i} {t.title} · {self._when(t, turn.now)} · {label}")
-            ids.append(t.id)
+            ids.append(int(t.id or 0))
         offer_lines = [
             f"T{t.id} {t.title} · {self._when(t, turn.now)}（回复「接受 {t.id}」）"
             for _a, t in s.offers
@@ -643,7 +643,7 @@ class Conversation:
 
         scope = dialogs.coordinator_scope(turn.session, turn.person)
         assert scope is not None
-        view = services.coordinator_status(turn.session, scope_grid_id=scope.id, now=turn.now)
+        view = services.coordinator_status(turn.session, scope_grid_id=int(scope.id or 0), now=turn.now)
         lines = self._status_lines(turn, view)
         campaigns = turn.session.exec(
             select(Campaign)

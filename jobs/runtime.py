@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-import redis
+from redis import Redis
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import sessionmaker
 from sqlmodel import Session
@@ -27,11 +27,11 @@ class Runtime:
     settings: Settings
     engine: Engine
     sessions: sessionmaker[Session]
-    redis: redis.Redis
+    redis: Redis
     extras: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def build(cls, settings: Settings, *, redis_client: redis.Redis | None = None) -> Runtime:
+    def build(cls, settings: Settings, *, redis_client: Redis | None = None) -> Runtime:
         engine = make_engine(settings)
         return cls(
             settings=settings,

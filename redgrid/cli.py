@@ -264,7 +264,7 @@ def menu_push(ctx: click.Context) -> None:
     body = getattr(menu_module, "MENU", None)
     if body is None:
         body = menu_module.menu_definition()
-    problems = getattr(menu_module, "menu_problems", lambda _m: [])(body)
+    problems: list[str] = getattr(menu_module, "menu_problems", lambda _m: [])(body)
     if problems:
         raise click.ClickException("menu refused before sending: " + "; ".join(problems))
     settings = _settings(ctx)
