@@ -42,7 +42,7 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
-from tests.procs import free_port, spawn_redis
+from tests.procs import free_port, spawn_redis, stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -53,22 +53,6 @@ SECRET = "test-secret"
 PATIENT = (29.2785, 120.2282)  # the city government, 江北街道 (WGS-84)
 M = 1 / 111_195  # degrees of latitude per metre
 FIRST_AIDERS = [(30, 0), (-60, 0), (0, 90), (120, 0), (-150, 0), (0, -180)]  # metres north, east
-
-
-
-
-
-
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def prepare(settings: Any, volunteers: int, *, backdate: bool = True) -> list[tuple[int, str]]:
@@ -281,7 +265,7 @@ async def bench(args: argparse.Namespace) -> int:
         if runner is not None:
             await runner.cleanup()
         for p in reversed(procs):
-            stop(p)
+            stop_process(p)
         fake.stop()
         shutil.rmtree(work, ignore_errors=True)
 

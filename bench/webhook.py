@@ -46,7 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.procs import free_port, spawn_redis, wait_port
+from tests.procs import free_port, spawn_redis, stop_process, wait_port
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "bench-token-0123456789"
@@ -106,12 +106,6 @@ def serve_echo(port: int, aes: bool) -> None:
 
 
 # --- services ---------------------------------------------------------------------------------
-
-
-
-
-
-
 
 
 def prepare_database(url: str, volunteers: int) -> dict[str, int]:
@@ -355,19 +349,13 @@ def start_echo(port: int, aes: bool) -> subprocess.Popen[bytes]:
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        if os.environ.get("BENCH_PROFILE"):
-            import signal
+    if proc.poll() is None and os.environ.get("BENCH_PROFILE"):
+        import signal
 
-            proc.send_signal(signal.SIGINT)  # py-spy writes its profile on SIGINT
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(30)
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        proc.send_signal(signal.SIGINT)  # py-spy writes its profile on SIGINT
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(30)
+    stop_process(proc)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -77,18 +77,15 @@ def flush(client: redis.Redis, sessions: sessionmaker[Session]) -> int:
                 session.connection().execute(_flush_query(), rows)
         # done: the batch goes with the lock, if the lock is still ours (a flush that took
         # longer than LOCK_S may have been overtaken: then the batch there is another's)
-        client.eval(_DONE_LUA, 2, LOCK, FLUSHING, token)
+        client.eval(_IF_OURS_DELETE, 2, LOCK, FLUSHING, token)
         return len(pairs)
     finally:
-        client.eval(_UNLOCK_LUA, 1, LOCK, token)
+        client.eval(_IF_OURS_DELETE, 2, LOCK, LOCK, token)
 
 
-_DONE_LUA = """
+# KEYS[1] the lock, KEYS[2] what to delete; ARGV[1] our token
+_IF_OURS_DELETE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[2]) end
-return 0
-"""
-_UNLOCK_LUA = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
 

@@ -42,3 +42,14 @@ def spawn_redis(workdir: Path) -> tuple[str, subprocess.Popen[bytes]]:
     )
     wait_port(port, proc)
     return f"redis://127.0.0.1:{port}/0", proc
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 10) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within ``timeout`` seconds."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

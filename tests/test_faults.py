@@ -62,8 +62,6 @@ jobrt = fakewechat.jobrt
 # --- a Redis of our own ------------------------------------------------------------------------
 
 
-
-
 class OwnRedis:
     """redis-server on a free loopback port, with an append-only file so a restart keeps data."""
 
