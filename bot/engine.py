@@ -64,8 +64,7 @@ class Conversation:
         self.store = DialogStore(redis_client, ttl_s=settings.dialog_ttl_s)
         self.cache = ReadCache(settings.read_cache_s)
         self.clock = clock
-        # person id -> the interaction time this process last buffered (until the flush moves
-        # the row, each message would otherwise buffer it again)
+        # openid -> the interaction time this process last put in the buffer (_touch)
         self._touched: dict[str, datetime] = {}
 
     # --- the Handler protocol ---------------------------------------------------------------
@@ -98,15 +97,7 @@ class Conversation:
             # what the first attempt wrote (更多 would skip a page)
             state = self.redis.mget(self.state_keys(inbound.user))  # type: ignore[assignment]
         try:
-            try:
-                return True, self._handle(inbound, read_only=True, state=state)
-            except DBAPIError as exc:
-                if not exc.connection_invalidated:
-                    raise
-                # the database went away and came back (a restart): the pool has let go of
-                # its old connections; nothing was written, so once more on a new one
-                log.warning("database connection lost; read-only turn retried")
-                return True, self._handle(inbound, read_only=True, state=state)
+            return True, self._read_only_turn(inbound, state)
         except _NeedsWrite:
             return False, None
         except DBAPIError as exc:
@@ -115,6 +106,17 @@ class Conversation:
             # a path wrongly thought read-only: the database refused the write, nothing is lost
             log.warning("read-only turn tried to write; retried as a writer")
             return False, None
+
+    def _read_only_turn(self, inbound: Inbound, state: list[Any]) -> str | None:
+        try:
+            return self._handle(inbound, read_only=True, state=state)
+        except DBAPIError as exc:
+            if not exc.connection_invalidated:
+                raise
+            # the database went away and came back (a restart): the pool has let go of its
+            # old connections; nothing was written, so once more on a new one
+            log.warning("database connection lost; read-only turn retried")
+            return self._handle(inbound, read_only=True, state=state)
 
     def _handle(self, inbound: Inbound, *, read_only: bool, state: list[Any] | None = None) -> str | None:
         fx = Effects()

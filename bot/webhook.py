@@ -68,10 +68,10 @@ _NEVER_LIMITED = frozenset({"subscribe", "unsubscribe"})
 # KEYS[1] dedupe key, KEYS[2] the openid's rate key, KEYS[3..]: the sender's conversation
 # state (the handler's ``state_keys``), read in the same round trip; ARGV: pending marker,
 # dedupe ttl (s), limit (0: off), window (ms). Returns {verdict, state values...}; verdict
-# -1: a duplicate; 1: first arrival, within the limit; 0: first arrival, over it. The limit is a token bucket kept as a "theoretical arrival time"
-# (GCRA): ``limit`` messages at once, then one per window/limit; a refused message does not
-# move it, so a person who slows down is served again at once. Redis TIME keeps every web
-# process on one clock.
+# -1: a duplicate; 1: first arrival, within the limit; 0: first arrival, over it. The limit
+# is a token bucket kept as a "theoretical arrival time" (GCRA): ``limit`` messages at once,
+# then one per window/limit; a refused message does not move it, so a person who slows down
+# is served again at once. Redis TIME keeps every web process on one clock.
 _CLAIM_LUA = """
 local function verdict()
   if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', tonumber(ARGV[2])) then return -1 end
@@ -353,8 +353,7 @@ async def _run(app: web.Application, inbound: Inbound, budget: float,
                 log.warning("inline turn took over %gs; the pool takes over for %gs", gate.slow_s, gate.cooldown_s)
                 gate.trip()
             if done:
-                reply = _as_text(reply)
-                return reply, "replied" if reply else "empty"
+                return _replied(reply)
             call = partial(handler.handle, inbound, writer=True)  # type: ignore[call-arg]
     work = asyncio.get_running_loop().run_in_executor(app[POOL], call)
     try:
@@ -365,8 +364,13 @@ async def _run(app: web.Application, inbound: Inbound, budget: float,
     except Exception:
         log.exception("wechat: handler raised on a %s message", inbound.kind)
         return APOLOGY, "error"
-    reply = _as_text(reply)
-    return reply, "replied" if reply else "empty"
+    return _replied(reply)
+
+
+def _replied(reply: object) -> tuple[str | None, str]:
+    """A handler's answer as the reply and its outcome label."""
+    text = _as_text(reply)
+    return text, "replied" if text else "empty"
 
 
 class InlineGate:

@@ -92,7 +92,10 @@ class ShiftView:
     open_slots: int
     waitlist: int
     my_status: str | None
-    place: str = ""
+
+    @property
+    def place(self) -> str:
+        return self.task.place
 
 
 @dataclass(frozen=True)
@@ -314,7 +317,8 @@ def _hours_between() -> Any:
 @dataclass(frozen=True)
 class Shift:
     """A sign-up shift as lists show it: a plain, immutable copy of the task's row (safe to
-    share between threads and to keep after its session closed; see ShiftBoard)."""
+    share between threads and to keep after its session closed; see ShiftBoard), its place
+    the one people recognise (``place_name``)."""
 
     id: int
     title: str
@@ -330,15 +334,13 @@ class Shift:
 
 @dataclass(frozen=True)
 class ShiftBoard:
-    """The coming days' open sign-up shifts with their waitlists and place names: everything in
-    a shift list that is the same for every reader. A web process may reuse one for a moment
+    """The coming days' open sign-up shifts with their waitlists: everything in a shift list
+    that is the same for every reader. A web process may reuse one for a moment
     (bot/engine.py, ``READ_CACHE_S``); ``open_shifts`` adds the reader's own part."""
 
-    taken_at: datetime
     days: int
     shifts: tuple[Shift, ...]
     waitlists: dict[int, int]
-    places: dict[int, str]
 
 
 def shift_board(session: Session, *, now: datetime, days: int = 7) -> ShiftBoard:
@@ -361,11 +363,11 @@ def shift_board(session: Session, *, now: datetime, days: int = 7) -> ShiftBoard
         ).all()
     ) if ids else {}
     shifts_ = tuple(
-        Shift(int(t.id or 0), t.title, t.place or "", t.grid_id, t.starts_at, t.ends_at, t.lat, t.lng,
-              t.slots, t.accepted_count)
+        Shift(int(t.id or 0), t.title, place_name(session, t), t.grid_id, t.starts_at, t.ends_at, t.lat,
+              t.lng, t.slots, t.accepted_count)
         for t in tasks
     )
-    return ShiftBoard(now, days, shifts_, waitlists, {int(t.id or 0): place_name(session, t) for t in tasks})
+    return ShiftBoard(days, shifts_, waitlists)
 
 
 def open_shifts(
@@ -404,7 +406,6 @@ def open_shifts(
             open_slots=shifts.open_slots(t.slots, t.accepted_count),
             waitlist=board.waitlists.get(t.id, 0),
             my_status=mine.get(t.id),
-            place=board.places.get(t.id, t.place),
         )
         for d, t in ranked
     ]

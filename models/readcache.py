@@ -3,8 +3,9 @@ AED map), so a busy web process does not rebuild them for every message.
 
 A snapshot is reused for at most ``ttl_s`` seconds (``READ_CACHE_S``, default 2; 0 turns
 caching off), and is dropped at once when anything in this process commits a write to a
-table it was read from: a person who has just signed up sees the new count in their next list. Writes
-made by other processes (workers, other web processes, the console) show within ``ttl_s``.
+table it was read from: a person who has just signed up sees the new count in their next
+list. Writes made by other processes (workers, other web processes, the console) show
+within ``ttl_s``.
 Only what is the same for everyone is cached: never a person's own row or assignments, and
 every write path (sign-up, accept) still decides from the database under its guards.
 """
@@ -24,7 +25,7 @@ from sqlalchemy.orm import Session as OrmSession
 
 T = TypeVar("T")
 
-_WRITES = ("INSERT", "UPDATE", "DELETE", "REPLAC", "UPSERT")
+_WRITES = ("INSERT", "UPDATE", "DELETE", "REPLAC")  # (the first six letters of REPLACE)
 _TABLE = re.compile(r'\s*(?:INSERT\s+(?:OR\s+\w+\s+)?INTO|REPLACE\s+INTO|UPDATE|DELETE\s+FROM)\s+"?(\w+)', re.I)
 _DML = re.compile(r"\b(?:INSERT|UPDATE|DELETE)\b", re.I)
 ANY = "*"  # a write whose table could not be told: counts against every table

@@ -1,7 +1,7 @@
 """``redgrid web``: one aiohttp process, or several behind gunicorn (``WEB_PROCESSES``).
 
 Python runs one thread of Python at a time, so one web process uses about one core (a
-message costs ~2 ms of CPU: bench/README.md, Webhook). More cores need more processes.
+message costs ~1.2 ms of CPU: bench/README.md, Webhook). More cores need more processes.
 gunicorn (with aiohttp's own ``GunicornWebWorker``) is the well-worn way to run them: one
 listening socket shared by the workers, a worker that dies is replaced, SIGTERM stops them
 all gracefully (each runs its app's cleanup: late answers drained, pools closed). Every
